@@ -1,0 +1,202 @@
+"""runtime, data, harness, measure and averaging: the shared core every chapter uses."""
+import math
+
+import matplotlib
+import pytest
+import torch
+from torch import nn
+
+import tricklib
+from tricklib import (Snapshots, by_scale, compare, digits, ensemble_probs, expected_calibration_error, fit,
+                      get_device, make_imbalanced, render_shapes, seed_everything, shapes, split, toy_2d)
+from tricklib.measure import calibration_bins
+
+matplotlib.use("Agg")
+
+
+# --- runtime -------------------------------------------------------------------------------------------------
+def test_seeded_runs_are_bit_identical():
+    def run():
+        seed_everything(3)
+        model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2))
+        X, y = toy_2d("moons", 200, seed=0)
+        h = fit(model, (X, y), epochs=3, lr=1e-2, device="cpu")
+        return h.step["loss"], [p.detach().clone() for p in model.parameters()]
+
+    (loss_a, params_a), (loss_b, params_b) = run(), run()
+    assert loss_a == loss_b
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
+
+
+def test_scale_and_device(monkeypatch):
+    monkeypatch.setenv("TRICKLIB_SCALE", "full")
+    assert by_scale(1, 2) == 2
+    monkeypatch.setenv("TRICKLIB_SCALE", "small")
+    assert by_scale(1, 2) == 1
+    monkeypatch.setenv("TRICKLIB_SCALE", "huge")
+    with pytest.raises(ValueError, match="TRICKLIB_SCALE"):
+        by_scale(1, 2)
+    assert get_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            get_device("cuda")
+    with pytest.raises(ValueError):
+        get_device("tpu")
+    with pytest.raises(ValueError):
+        seed_everything(-1)
+
+
+# --- data ----------------------------------------------------------------------------------------------------
+def test_shapes_same_scene_at_any_resolution():
+    small, big = shapes(16, 16, seed=5), shapes(16, 64, seed=5)
+    torch.testing.assert_close(small.params, big.params)
+    assert torch.equal(small.labels, big.labels)
+    torch.testing.assert_close(small.boxes * 4, big.boxes)
+    assert small.images.shape == (16, 1, 16, 16) and big.images.shape == (16, 1, 64, 64)
+    assert small.images.min() >= 0 and small.images.max() <= 1
+
+
+def test_shape_masks_match_geometry():
+    params = torch.tensor([[0.5, 0.5, 0.3, 0.0]] * 3)
+    labels = torch.tensor([0, 1, 2])
+    masks, boxes = render_shapes(params, labels, 400)
+    area = masks.float().mean(dim=(1, 2))
+    r = 0.3
+    expected = torch.tensor([math.pi * r**2, 2 * r**2, 3 * math.sqrt(3) / 4 * r**2])
+    torch.testing.assert_close(area, expected, rtol=2e-2, atol=0)
+    # every mask pixel lies inside its box
+    for m, b in zip(masks, boxes):
+        ys, xs = m.nonzero(as_tuple=True)
+        assert xs.min() + 0.5 >= b[0] - 1e-4 and xs.max() + 0.5 <= b[2] + 1e-4
+        assert ys.min() + 0.5 >= b[1] - 1e-4 and ys.max() + 0.5 <= b[3] + 1e-4
+
+
+def test_toy_sets_and_digits():
+    for name in ("moons", "spirals", "gaussians", "ring"):
+        X, y = toy_2d(name, 301, seed=1)
+        assert X.shape == (301, 2) and X.dtype == torch.float32 and y.dtype == torch.int64
+        counts = torch.bincount(y)
+        assert counts.max() - counts.min() <= 1
+    X, y = digits()
+    assert X.shape == (1797, 64) and 0 <= X.min() and X.max() <= 1 and y.unique().numel() == 10
+    assert digits(images=True)[0].shape == (1797, 1, 8, 8)
+    with pytest.raises(ValueError):
+        toy_2d("swiss", 10)
+
+
+def test_make_imbalanced_and_split():
+    X, y = toy_2d("moons", 2000, seed=0)
+    Xi, yi = make_imbalanced(X, y, 0.01)
+    assert int((yi == 1).sum()) == 10 and int((yi == 0).sum()) == 1000
+    parts = split(X, y, (0.7, 0.2, 0.1))
+    assert [len(p[1]) for p in parts] == [1400, 400, 200]
+    joined = torch.cat([p[0] for p in parts])
+    assert torch.equal(joined[torch.argsort(joined[:, 0])], X[torch.argsort(X[:, 0])])
+    with pytest.raises(ValueError):
+        split(X, y, (0.5, 0.6))
+    with pytest.raises(ValueError):
+        make_imbalanced(X, y, 0.0)
+
+
+# --- harness -------------------------------------------------------------------------------------------------
+def test_fit_learns_and_records():
+    seed_everything(0)
+    X, y = toy_2d("moons", 400, noise=0.1, seed=0)
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 2))
+    sched = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, tricklib.cosine(7 * 30))
+    h = fit(model, (X, y), (X, y), epochs=30, lr=3e-2, batch_size=64, scheduler=sched, device="cpu")
+    assert len(h.step["loss"]) == 210 and len(h.epoch["val_acc"]) == 30
+    assert h.step["lr"][0] == pytest.approx(3e-2) and h.step["lr"][-1] < 1e-5
+    assert h.last("val_acc") > 0.95
+    assert all(g > 0 for g in h.step["grad_norm"])
+
+
+def test_fit_clips_and_detects_divergence():
+    seed_everything(0)
+    X, y = toy_2d("gaussians", 200, seed=0)
+    model = nn.Linear(2, 2)
+    snaps = Snapshots([2, 4])
+    fit(model, (X, y), epochs=1, lr=1.0, batch_size=50, clip_grad_norm=1e-3, optimizer=torch.optim.SGD,
+        callbacks=[snaps], device="cpu")
+    assert len(snaps.states) == 2
+    # the recorded step size is bounded by lr * clip: weights barely move between snapshots
+    diff = sum((snaps.states[1][k] - snaps.states[0][k]).pow(2).sum() for k in snaps.states[0]).sqrt()
+    assert diff <= 2 * 1.0 * 1e-3 + 1e-6
+    h = fit(nn.Linear(2, 2), (X * 1e30, y), epochs=2, lr=1e30, optimizer=torch.optim.SGD, device="cpu")
+    assert h.diverged_at is not None and not math.isfinite(h.step["loss"][-1])
+    with pytest.raises(ValueError):
+        fit(model, (X, y), epochs=0)
+    with pytest.raises(ValueError):
+        fit(model, (X, y[:5]), epochs=1)
+
+
+def test_ensemble_probs_average_of_members():
+    model = nn.Linear(3, 4)
+    states = [{k: torch.randn_like(v) for k, v in model.state_dict().items()} for _ in range(3)]
+    X = torch.randn(10, 3)
+    expected = torch.stack([torch.nn.functional.linear(X, s["weight"], s["bias"]).softmax(-1) for s in states]).mean(0)
+    torch.testing.assert_close(ensemble_probs(model, states, X), expected)
+    with pytest.raises(ValueError):
+        ensemble_probs(model, [], X)
+
+
+# --- measure -------------------------------------------------------------------------------------------------
+def test_compare_table_summary_and_paired():
+    def run(shift, seed):
+        return {"score": seed + shift, "history": tricklib.History()}
+
+    c = compare(run, {"base": 0.0, "trick": 0.5}, seeds=[0, 1, 2], progress=False)
+    assert list(c.table.columns) == ["variant", "seed", "score"] and len(c.table) == 6
+    assert c.summary().loc["trick", "score"] == "1.500 ± 1.000"
+    p = c.paired("score", "base", "trick")
+    assert p.diffs == [0.5, 0.5, 0.5] and p.clear and p.mean == 0.5 and p.std == 0.0
+    assert "3/3 seeds agree in sign: clear" in p.verdict()
+    assert len(c.histories["base"]) == 3
+    mixed = compare(lambda s, seed: {"score": (-1) ** seed * s}, {"a": 0.0, "b": 1.0}, seeds=[0, 1], progress=False)
+    assert not mixed.paired("score", "a", "b").clear
+    with pytest.raises(ValueError):
+        compare(run, {}, seeds=[0])
+    with pytest.raises(ValueError):
+        compare(run, {"a": 0}, seeds=[1, 1])
+    with pytest.raises(ValueError):
+        c.values("nope", "base")
+
+
+def test_ece_against_direct_loop():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(500, 4, generator=g, dtype=torch.float64), dim=1)
+    labels = torch.randint(4, (500,), generator=g)
+    conf, pred = probs.max(1)
+    ece = 0.0
+    for b in range(10):
+        lo, hi = b / 10, (b + 1) / 10
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.sum().item() / 500 * abs((pred[sel] == labels[sel]).double().mean().item() - conf[sel].mean().item())
+    assert expected_calibration_error(probs, labels, 10) == pytest.approx(ece, abs=1e-12)
+    perfect = torch.eye(4, dtype=torch.float64)[labels]
+    assert expected_calibration_error(perfect, labels) == 0.0
+    assert calibration_bins(probs, labels, 10)["count"].sum() == 500
+    with pytest.raises(ValueError):
+        expected_calibration_error(probs, labels[:3])
+
+
+def test_viz_functions_draw():
+    import matplotlib.pyplot as plt
+
+    c = compare(lambda s, seed: {"acc": s + 0.01 * seed, "history": _fake_history(s)}, {"a": 0.1, "b": 0.2},
+                seeds=[0, 1, 2], progress=False)
+    fig, axes = plt.subplots(1, 5)
+    tricklib.plot_curves(c, "val_loss", ax=axes[0])
+    tricklib.bars(c, "acc", ax=axes[1])
+    tricklib.paired_diffs(c, "acc", "a", ["b"], ax=axes[2])
+    tricklib.plot_schedules({"cos": tricklib.cosine(10)}, 10, ax=axes[3])
+    tricklib.draw_boxes(torch.tensor([[1.0, 1, 5, 5]]), torch.tensor([0.5]), image=torch.zeros(8, 8), ax=axes[4])
+    assert len(axes[0].lines) == 2 * 4 and len(axes[4].patches) == 1
+    plt.close(fig)
+
+
+def _fake_history(shift):
+    h = tricklib.History()
+    h.epoch["val_loss"].extend([1 + shift, 0.5 + shift, 0.2 + shift])
+    return h

@@ -1,0 +1,59 @@
+"""Label smoothing against F.cross_entropy(label_smoothing=...)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tricklib import label_smoothing_cross_entropy, optimal_logit_gap, smooth_labels
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("epsilon", [0.0, 0.05, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_matches_torch_cross_entropy(seed, epsilon, reduction):
+    g = torch.Generator().manual_seed(seed)
+    logits = (4 * torch.randn(32, 7, generator=g, dtype=torch.float64)).requires_grad_()
+    targets = torch.randint(7, (32,), generator=g)
+    ours = label_smoothing_cross_entropy(logits, targets, epsilon, reduction)
+    ref = F.cross_entropy(logits, targets, label_smoothing=epsilon, reduction=reduction)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(torch.autograd.grad(ours.sum(), logits)[0], torch.autograd.grad(ref.sum(), logits)[0])
+
+
+def test_bf16_close_to_reference():
+    logits = torch.randn(16, 5)
+    targets = torch.randint(5, (16,))
+    ours = label_smoothing_cross_entropy(logits.bfloat16(), targets, 0.1)
+    torch.testing.assert_close(ours.float(), F.cross_entropy(logits, targets, label_smoothing=0.1), rtol=2e-2, atol=2e-2)
+
+
+def test_smooth_labels_rows():
+    y = smooth_labels(torch.tensor([0, 2]), 4, 0.2)
+    torch.testing.assert_close(y.sum(1), torch.ones(2))
+    assert y[0, 0] == pytest.approx(0.85) and y[0, 1] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("epsilon", [0.05, 0.1, 0.3])
+def test_optimal_gap_minimises_loss(epsilon):
+    C = 10
+    gap = optimal_logit_gap(C, epsilon)
+    gaps = torch.linspace(0, 3 * gap, 3001, dtype=torch.float64)
+    logits = torch.zeros(len(gaps), C, dtype=torch.float64)
+    logits[:, 0] = gaps
+    loss = label_smoothing_cross_entropy(logits, torch.zeros(len(gaps), dtype=torch.long), epsilon, "none")
+    assert gaps[loss.argmin()].item() == pytest.approx(gap, abs=3 * gap / 3000)
+    assert math.isinf(optimal_logit_gap(C, 0.0))
+
+
+def test_errors():
+    with pytest.raises(ValueError):
+        label_smoothing_cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 4]))
+    with pytest.raises(ValueError):
+        label_smoothing_cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 2]), epsilon=1.5)
+    with pytest.raises(ValueError):
+        label_smoothing_cross_entropy(torch.randn(3, 4), torch.tensor([0, 1]))
+    with pytest.raises(TypeError):
+        smooth_labels(torch.tensor([0.0, 1.0]), 3)
+    with pytest.raises(ValueError):
+        label_smoothing_cross_entropy(torch.randn(3), torch.tensor([0, 1, 2]))

@@ -1,0 +1,240 @@
+"""The training loop every chapter shares: :func:`fit`, :func:`evaluate` and callbacks.
+
+The harness *uses* tricks, it never owns them: a trick arrives as the loss
+function (focal loss, label smoothing, flooding), the scheduler (cosine,
+SGDR, warm-up), the optimiser, a batch transform (mixup) or a callback (EMA,
+snapshots, gradient-norm recording). Every trick also works in a reader's own
+loop without this file.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_range
+from .runtime import get_device
+from .runtime import progress as progress_bar
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+@dataclass
+class History:
+    """What :func:`fit` recorded.
+
+    Attributes:
+        step: per optimisation step: ``"loss"`` (training batch loss), ``"lr"``
+            (learning rate used for that step), ``"grad_norm"`` (global L2 norm of
+            the gradient before clipping), plus anything callbacks add.
+        epoch: per epoch: ``"train_loss"``, ``"val_loss"`` and each metric as
+            ``"train_<name>"`` / ``"val_<name>"`` (evaluated in ``eval`` mode).
+        diverged_at: the step whose loss was NaN/inf (training stopped there), else ``None``.
+    """
+
+    step: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    epoch: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    diverged_at: int | None = None
+
+    def last(self, key: str) -> float:
+        """The last per-epoch value of ``key`` (e.g. ``history.last("val_acc")``)."""
+        return self.epoch[key][-1]
+
+
+@dataclass
+class TrainState:
+    """What a callback sees: the objects being trained and where the loop is."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    history: History
+    step: int = 0
+    epoch: int = 0
+    loss: float = math.nan
+
+
+class Callback:
+    """Hook into :func:`fit`. Override what you need; both hooks default to no-ops."""
+
+    def on_step_end(self, state: TrainState) -> None:
+        """Called after each optimiser step (``state.step`` counts from 1)."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Called after each epoch, once the epoch metrics are in ``state.history``."""
+
+
+class Snapshots(Callback):
+    """Keep a copy of the model's weights at chosen steps (for snapshot ensembles).
+
+    Args:
+        at_steps: optimisation steps (counting from 1) after which to copy the
+            ``state_dict``; e.g. the ends of SGDR cycles.
+    """
+
+    def __init__(self, at_steps: Sequence[int]):
+        self.at_steps = set(at_steps)
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_step_end(self, state: TrainState) -> None:
+        if state.step in self.at_steps:
+            self.states.append(copy.deepcopy(state.model.state_dict()))
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of rows whose arg-max equals the label (binary: one logit, threshold 0)."""
+    pred = (logits.squeeze(-1) > 0).long() if logits.dim() == 1 or logits.shape[-1] == 1 else logits.argmax(-1)
+    return (pred == y.long()).float().mean().item()
+
+
+def batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
+            generator: torch.Generator | None = None) -> Iterator[Batch]:
+    """Yield ``(X, y)`` mini-batches from in-memory tensors (much faster than a DataLoader for toys)."""
+    n = len(y)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        yield X[idx], y[idx]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, X: torch.Tensor, *, batch_size: int = 1024,
+            device: torch.device | None = None) -> torch.Tensor:
+    """Model outputs for ``X`` in eval mode, batched, returned on the CPU."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(X[i:i + batch_size].to(device)).cpu() for i in range(0, len(X), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def evaluate(model: nn.Module, data: Batch, *, loss_fn: LossFn = F.cross_entropy,
+             metrics: dict[str, MetricFn] | None = None, batch_size: int = 1024) -> dict[str, float]:
+    """Loss and metrics of ``model`` on ``data = (X, y)`` in eval mode.
+
+    Returns:
+        ``{"loss": ..., <metric name>: ...}``.
+    """
+    X, y = data
+    logits = predict(model, X, batch_size=batch_size)
+    out = {"loss": loss_fn(logits, y).item()}
+    for name, fn in (metrics if metrics is not None else {"acc": accuracy}).items():
+        out[name] = fn(logits, y)
+    return out
+
+
+def fit(model: nn.Module, train: Batch, val: Batch | None = None, *, epochs: int,
+        lr: float = 1e-3,
+        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+        scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
+        loss_fn: LossFn = F.cross_entropy,
+        eval_loss_fn: LossFn | None = None,
+        metrics: dict[str, MetricFn] | None = None,
+        batch_size: int = 64,
+        batch_transform: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+        callbacks: Sequence[Callback] = (),
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        progress: bool = False) -> History:
+    """Train ``model`` on in-memory ``train = (X, y)`` and record a :class:`History`.
+
+    Args:
+        model: any ``nn.Module`` mapping a batch of ``X`` to logits.
+        train, val: ``(X, y)`` tensors; ``val`` is evaluated after every epoch.
+        epochs: passes over ``train``.
+        lr: learning rate given to ``optimizer``.
+        optimizer: ``optimizer(model.parameters(), lr=lr)`` builds it (use
+            ``functools.partial`` for other arguments, or pass a function that
+            builds parameter groups).
+        scheduler: ``scheduler(optimizer)`` builds an LR scheduler stepped after
+            **every optimisation step** (schedules are in steps, not epochs).
+        loss_fn: ``loss_fn(logits, y)``: where loss tricks plug in.
+        eval_loss_fn: loss reported on train/val at epoch ends (default ``loss_fn``;
+            pass ``F.cross_entropy`` to report the plain loss when training with a
+            modified one).
+        metrics: ``{name: fn(logits, y)}`` evaluated per epoch (default accuracy).
+        batch_size: mini-batch size.
+        batch_transform: ``(x, y) -> (x, y)`` applied to each training batch (mixup...).
+        clip_grad_norm: clip the global gradient L2 norm to this value
+            (``nn.utils.clip_grad_norm_``: the direction is kept).
+        clip_grad_value: clamp every gradient entry to ``[-v, v]``
+            (``nn.utils.clip_grad_value_``: the direction may change). Applied
+            before norm clipping when both are given.
+        callbacks: :class:`Callback` objects (EMA, snapshots, recorders).
+        seed: seeds the shuffling of batches (model init is the caller's).
+        device: where to train; default :func:`tricklib.get_device`.
+        progress: show a ``tqdm`` bar over epochs.
+
+    Returns:
+        The :class:`History` (per-step loss/lr/grad-norm, per-epoch metrics). If the
+        loss becomes NaN or infinite, training stops there and
+        ``history.diverged_at`` holds the step.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_range("lr", lr, 0.0)
+    if clip_grad_norm is not None:
+        check_range("clip_grad_norm", clip_grad_norm, 0.0, low_open=True)
+    if clip_grad_value is not None:
+        check_range("clip_grad_value", clip_grad_value, 0.0, low_open=True)
+    X, y = train
+    if len(X) != len(y):
+        raise ValueError(f"train X and y must have the same length, got {len(X)} and {len(y)}")
+    device = torch.device(device) if device is not None else get_device()
+    model.to(device)
+    opt = optimizer(model.parameters(), lr=lr)
+    sched = scheduler(opt) if scheduler is not None else None
+    eval_loss_fn = eval_loss_fn or loss_fn
+    history = History()
+    state = TrainState(model=model, optimizer=opt, history=history)
+    generator = torch.Generator().manual_seed(seed)
+    epoch_iter = range(1, epochs + 1)
+    for epoch in (progress_bar(epoch_iter, desc="epochs") if progress else epoch_iter):
+        model.train()
+        state.epoch = epoch
+        for xb, yb in batches(X, y, batch_size, shuffle=True, generator=generator):
+            xb, yb = xb.to(device), yb.to(device)
+            if batch_transform is not None:
+                xb, yb = batch_transform(xb, yb)
+            loss = loss_fn(model(xb), yb)
+            if not torch.isfinite(loss):
+                history.diverged_at = state.step + 1
+                history.step["loss"].append(loss.item())
+                return history
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            # the recorded norm is the raw one, before any clipping
+            grad_norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            if clip_grad_value is not None:
+                nn.utils.clip_grad_value_(model.parameters(), clip_grad_value)
+            if clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            history.step["lr"].append(opt.param_groups[0]["lr"])
+            opt.step()
+            if sched is not None:
+                sched.step()
+            state.step += 1
+            state.loss = loss.item()
+            history.step["loss"].append(state.loss)
+            history.step["grad_norm"].append(grad_norm.item())
+            for cb in callbacks:
+                cb.on_step_end(state)
+        for prefix, data in (("train", train), ("val", val)):
+            if data is not None:
+                for name, value in evaluate(model, data, loss_fn=eval_loss_fn, metrics=metrics).items():
+                    history.epoch[f"{prefix}_{name}"].append(value)
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+    return history

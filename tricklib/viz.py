@@ -1,0 +1,165 @@
+"""Shared pictures: curves with their seed spread, schedules, boxes, bars, calibration.
+
+Every function draws on a Matplotlib ``Axes`` (a new one if ``ax`` is None)
+and returns it, so chapters compose them into one figure.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.patches import Rectangle
+
+from .harness import History
+from .measure import Comparison, calibration_bins
+
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float] = (5, 3.2)) -> Axes:
+    return ax if ax is not None else plt.subplots(figsize=figsize, layout="constrained")[1]
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def plot_curves(histories: Mapping[str, Sequence[History]] | Comparison, key: str = "val_loss", *,
+                per: str = "epoch", smooth: int = 1, ax: Axes | None = None, logy: bool = False,
+                ylabel: str | None = None) -> Axes:
+    """One colour per variant: every seed as a thin line, the mean over seeds bold.
+
+    Args:
+        histories: ``{variant: [History per seed]}`` or a :class:`~tricklib.measure.Comparison`.
+        key: the recorded series, e.g. ``"val_loss"`` (per epoch) or ``"loss"`` (per step).
+        per: ``"epoch"`` or ``"step"``.
+        smooth: moving-average window (useful for noisy per-step losses).
+        logy: logarithmic y axis.
+    """
+    if isinstance(histories, Comparison):
+        histories = histories.histories
+    if per not in ("epoch", "step"):
+        raise ValueError(f"per must be 'epoch' or 'step', got {per!r}")
+    ax = _axes(ax)
+    for i, (name, runs) in enumerate(histories.items()):
+        color = COLORS[i % len(COLORS)]
+        series = [_smooth(np.asarray(getattr(h, per)[key], dtype=float), smooth) for h in runs]
+        if not series or any(len(s) == 0 for s in series):
+            raise ValueError(f"no {per} series {key!r} recorded for variant {name!r}")
+        length = min(len(s) for s in series)
+        start = 1 + (smooth - 1 if per == "step" else 0)
+        for s in series:
+            ax.plot(np.arange(start, start + len(s)), s, color=color, lw=0.7, alpha=0.35)
+        mean = np.mean([s[:length] for s in series], axis=0)
+        ax.plot(np.arange(start, start + length), mean, color=color, lw=2,
+                label=f"{name} (mean of {len(series)})")
+    ax.set_xlabel(per)
+    ax.set_ylabel(ylabel or key)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_schedules(schedules: Mapping[str, Callable[[int], float] | Sequence[float]], steps: int | None = None,
+                   *, ax: Axes | None = None, ylabel: str = "learning rate") -> Axes:
+    """Learning rate against step for each named schedule (a function of the step, or a list)."""
+    ax = _axes(ax)
+    for i, (name, sched) in enumerate(schedules.items()):
+        if callable(sched):
+            if steps is None:
+                raise ValueError("steps is required when schedules are functions")
+            values = [sched(t) for t in range(steps)]
+        else:
+            values = list(sched)
+        ax.plot(np.arange(len(values)), values, color=COLORS[i % len(COLORS)], lw=1.8, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def draw_boxes(boxes: torch.Tensor, scores: torch.Tensor | None = None, *, image: torch.Tensor | None = None,
+               ax: Axes | None = None, color: str = "tab:red", lw: float = 1.5, label: str | None = None,
+               linestyle: str = "-") -> Axes:
+    """Draw ``(x1, y1, x2, y2)`` boxes; each box's opacity is its score (0 → invisible, 1 → solid).
+
+    Args:
+        boxes: ``Tensor[N, 4]`` in pixel coordinates of ``image`` (if given).
+        scores: ``Tensor[N]`` in [0, 1], drawn as opacity; all solid if None.
+        image: ``Tensor[C, H, W]`` or ``[H, W]`` shown underneath.
+    """
+    ax = _axes(ax, (4, 4))
+    if image is not None:
+        img = image.detach().cpu()
+        img = img.permute(1, 2, 0).squeeze(-1) if img.dim() == 3 else img
+        ax.imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
+    alphas = scores.detach().cpu().clamp(0, 1).tolist() if scores is not None else [1.0] * len(boxes)
+    for (x1, y1, x2, y2), a in zip(boxes.detach().cpu().tolist(), alphas):
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, lw=lw,
+                               alpha=a, linestyle=linestyle))
+    if label is not None:
+        ax.plot([], [], color=color, lw=lw, linestyle=linestyle, label=label)
+    if image is None:
+        ax.autoscale_view()
+        ax.set_aspect("equal")
+        if not ax.yaxis_inverted():
+            ax.invert_yaxis()
+    return ax
+
+
+def bars(comparison: Comparison, metric: str, *, ax: Axes | None = None, ylabel: str | None = None) -> Axes:
+    """Mean ± std per variant as bars with error bars, every seed as a dot."""
+    ax = _axes(ax, (4, 3))
+    for i, name in enumerate(comparison.variants):
+        vals = np.asarray(comparison.values(metric, name))
+        color = COLORS[i % len(COLORS)]
+        ax.bar(i, vals.mean(), yerr=vals.std(ddof=1) if len(vals) > 1 else 0, color=color, alpha=0.6,
+               capsize=4, edgecolor=color)
+        ax.scatter(np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), vals, color="black", s=10, zorder=3)
+    ax.set_xticks(range(len(comparison.variants)), comparison.variants, rotation=15)
+    ax.set_ylabel(ylabel or metric)
+    ax.grid(alpha=0.3, axis="y")
+    return ax
+
+
+def paired_diffs(comparison: Comparison, metric: str, baseline: str, tricks: Sequence[str], *,
+                 ax: Axes | None = None) -> Axes:
+    """Per-seed differences ``trick − baseline``: one dot per seed, mean ± std, zero line."""
+    ax = _axes(ax, (4, 3))
+    for i, trick in enumerate(tricks):
+        p = comparison.paired(metric, baseline, trick)
+        color = COLORS[(comparison.variants.index(trick)) % len(COLORS)]
+        ax.errorbar(i, p.mean, yerr=p.std, fmt="o", color=color, capsize=5, ms=7)
+        ax.scatter(np.full(len(p.diffs), i + 0.12), p.diffs, color="black", s=10, zorder=3)
+    ax.axhline(0, color="gray", lw=1)
+    ax.set_xticks(range(len(tricks)), tricks, rotation=15)
+    ax.set_ylabel(f"Δ {metric} vs {baseline}")
+    ax.grid(alpha=0.3, axis="y")
+    return ax
+
+
+def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, *, n_bins: int = 10, ax: Axes | None = None,
+                        label: str | None = None, color: str | None = None) -> Axes:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    ax = _axes(ax, (3.5, 3.5))
+    b = calibration_bins(probs, labels, n_bins)
+    filled = b["count"] > 0
+    ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--")
+    ax.plot(b["confidence"][filled].numpy(), b["accuracy"][filled].numpy(), "o-", label=label, color=color)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if label is not None:
+        ax.legend(fontsize=8)
+    return ax
