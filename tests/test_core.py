@@ -200,3 +200,24 @@ def _fake_history(shift):
     h = tricklib.History()
     h.epoch["val_loss"].extend([1 + shift, 0.5 + shift, 0.2 + shift])
     return h
+
+
+def test_fit_clip_by_value_matches_manual_step():
+    X, y = toy_2d("moons", 64, seed=0)
+    seed_everything(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    manual = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    manual.load_state_dict(model.state_dict())
+    h = fit(model, (X, y), epochs=1, lr=0.5, batch_size=64, optimizer=torch.optim.SGD, clip_grad_value=0.01,
+            device="cpu")
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))  # fit's shuffle for seed=0
+    loss = torch.nn.functional.cross_entropy(manual(X[order]), y[order])
+    loss.backward()
+    raw_norm = torch.nn.utils.get_total_norm([p.grad for p in manual.parameters()])
+    torch.nn.utils.clip_grad_value_(manual.parameters(), 0.01)
+    with torch.no_grad():
+        for p in manual.parameters():
+            p -= 0.5 * p.grad
+    for a, b in zip(model.parameters(), manual.parameters()):
+        torch.testing.assert_close(a, b)
+    assert h.step["grad_norm"][0] == pytest.approx(raw_norm.item(), rel=1e-6)  # recorded before clipping
