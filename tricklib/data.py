@@ -31,7 +31,7 @@ class Shapes:
 
     Attributes:
         images: ``Tensor[N, C, size, size]`` float in [0, 1].
-        labels: ``Tensor[N]`` int64 index into :data:`SHAPE_CLASSES`.
+        labels: ``Tensor[N]`` int64 index into ``SHAPE_CLASSES``.
         boxes: ``Tensor[N, 4]`` float, ``(x1, y1, x2, y2)`` in pixels of this resolution.
         masks: ``Tensor[N, size, size]`` bool, pixel centres inside the shape.
         params: ``Tensor[N, 4]`` ``(cx, cy, r, angle)`` in [0, 1] image units:
@@ -73,7 +73,7 @@ def render_shapes(params: torch.Tensor, labels: torch.Tensor, size: int) -> tupl
     Args:
         params: ``Tensor[N, 4]`` of ``(cx, cy, r, angle)``, centre and circumradius in
             [0, 1] image units, rotation in radians.
-        labels: ``Tensor[N]`` int64 index into :data:`SHAPE_CLASSES`.
+        labels: ``Tensor[N]`` int64 index into ``SHAPE_CLASSES``.
         size: output resolution in pixels.
 
     Returns:
@@ -118,7 +118,7 @@ def shapes(n: int, size: int = 32, *, seed: int | torch.Generator = 0, channels:
         channels: 1 (grey) or 3 (random colour per shape).
         radius: range of circumradius, as a fraction of the image side.
         noise: standard deviation of Gaussian pixel noise.
-        classes: which classes to draw from (subset of :data:`SHAPE_CLASSES`).
+        classes: which classes to draw from (subset of ``SHAPE_CLASSES``).
 
     Returns:
         A :class:`Shapes` batch.

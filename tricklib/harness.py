@@ -172,7 +172,7 @@ def fit(model: nn.Module, train: Batch, val: Batch | None = None, *, epochs: int
             before norm clipping when both are given.
         callbacks: :class:`Callback` objects (EMA, snapshots, recorders).
         seed: seeds the shuffling of batches (model init is the caller's).
-        device: where to train; default :func:`tricklib.get_device`.
+        device: where to train; default :func:`~tricklib.runtime.get_device`.
         progress: show a ``tqdm`` bar over epochs.
 
     Returns:
