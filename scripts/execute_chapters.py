@@ -1,6 +1,6 @@
 """Re-run chapter notebooks top to bottom and save their outputs, as the book shows them.
 
-Runs at the small scale on the CPU, with progress bars off (a saved ipywidgets
+Runs at the small scale on the CPU with one thread, with progress bars off (a saved ipywidgets
 progress bar would make the page load widget JavaScript from the network), and
 keeps only the notebook metadata a reader needs.
 
@@ -36,9 +36,9 @@ def execute(path: pathlib.Path) -> float:
 
 
 def main(argv: list[str]) -> int:
-    os.environ.update(TRICKLIB_SCALE="small", TRICKLIB_DEVICE="cpu", TRICKLIB_PROGRESS="0")
-    # idle OpenMP threads sleep instead of spinning: same numbers, far less slow-down on a busy machine
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # one thread, as nbval runs them (see conftest.py): the saved numbers do not depend on core count
+    os.environ.update(TRICKLIB_SCALE="small", TRICKLIB_DEVICE="cpu", TRICKLIB_PROGRESS="0",
+                      OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     paths = [pathlib.Path(a).resolve() for a in argv] or sorted((ROOT / "chapters").rglob("*.ipynb"))
     for path in paths:
         print(f"{path.relative_to(ROOT)}: {execute(path):.1f} s", flush=True)
