@@ -1,0 +1,367 @@
+"""Tests for tricklib.boxes: IoU, Soft-NMS (against a plain sequential loop and torchvision)
+and the COCO-style evaluator (against pycocotools)."""
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import tricklib.boxes as boxes_module
+from tricklib.boxes import (average_precision, batched_soft_nms, box_iou, crowded_scene,
+                            detection_metrics, simulate_detections, soft_nms)
+
+METHODS = ("linear", "gaussian", "hard")
+
+
+def soft_nms_reference(boxes, scores, iou_threshold=0.3, sigma=0.5, score_threshold=0.001,
+                       method="linear"):
+    """Bodla et al.'s algorithm as a plain loop: select the best box, decay the others, repeat."""
+    dtype = torch.float64 if torch.float64 in (boxes.dtype, scores.dtype) else torch.float32
+    boxes, scores = boxes.to(dtype), scores.to(dtype).clone()
+    remaining = scores.double() >= score_threshold  # thresholds compared exactly, in float64
+    keep, kept = [], []
+    while remaining.any():
+        best = torch.where(remaining, scores, -torch.inf).argmax()  # argmax: first index among ties
+        keep.append(best.item())
+        kept.append(scores[best].item())
+        remaining[best] = False
+        iou = torchvision.ops.box_iou(boxes[best][None], boxes)[0].nan_to_num(0.0)
+        if method == "hard":
+            remaining &= ~(iou.double() > iou_threshold)
+            continue
+        if method == "linear":
+            decay = torch.where(iou.double() > iou_threshold, 1 - iou, 1.0)
+        else:
+            decay = torch.exp(-(iou * iou) / sigma)
+        scores = torch.where(remaining, scores * decay, scores)
+        remaining &= scores.double() >= score_threshold
+    return torch.tensor(keep, dtype=torch.int64), torch.tensor(kept, dtype=dtype)
+
+
+@pytest.fixture(params=["numba", "torch"])
+def backend(request, monkeypatch):
+    """Run a test through the compiled kernels and through the pure-torch rounds."""
+    if request.param == "numba" and boxes_module.numba is None:
+        pytest.skip("numba is not installed")
+    if request.param == "torch":
+        monkeypatch.setattr(boxes_module, "numba", None)
+    return request.param
+
+
+def scene(seed, n_objects=6, per_object=8, quantized=False, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    gt = crowded_scene(n_objects, 200, generator=g)
+    b, s = simulate_detections(gt, per_object=per_object, generator=g)
+    if quantized:  # integer corners and scores on a 0.05 grid: equal IoUs and tied scores
+        b, s = b.round(), (s * 20).round() / 20
+    return b.to(dtype), s.to(dtype)
+
+
+def assert_same_as_reference(b, s, **kwargs):
+    keep, kept = soft_nms(b, s, **kwargs)
+    ref_keep, ref_kept = soft_nms_reference(b, s, **kwargs)
+    assert keep.dtype == torch.int64 and kept.dtype == s.dtype
+    torch.testing.assert_close(keep, ref_keep, rtol=0, atol=0)
+    torch.testing.assert_close(kept, ref_kept.to(s.dtype), rtol=1e-5, atol=0)
+    return keep, kept
+
+
+# ----------------------------------------------------------------------------- box_iou
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_iou_equals_torchvision(dtype):
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(30, 2, generator=g, dtype=dtype) * 50
+    b = torch.rand(20, 2, generator=g, dtype=dtype) * 50
+    boxes1 = torch.cat([a, a + torch.rand(30, 2, generator=g, dtype=dtype) * 30], 1)
+    boxes2 = torch.cat([b, b + torch.rand(20, 2, generator=g, dtype=dtype) * 30], 1)
+    boxes2[0] = boxes2[1] = torch.tensor([5.0, 5.0, 5.0, 9.0])  # zero area: 0 / 0 = nan, as torchvision
+    torch.testing.assert_close(box_iou(boxes1, boxes2), torchvision.ops.box_iou(boxes1, boxes2),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(box_iou(boxes2, boxes2), torchvision.ops.box_iou(boxes2, boxes2),
+                               rtol=0, atol=0, equal_nan=True)
+    assert box_iou(boxes1[:0], boxes2).shape == (0, 20)
+
+
+# ----------------------------------------------------------------------------- Soft-NMS exactness
+
+@pytest.mark.parametrize("method", METHODS)
+def test_soft_nms_equals_sequential_loop(backend, method):
+    for seed in range(12):
+        assert_same_as_reference(*scene(seed), method=method)
+    for seed in range(4):  # other settings
+        assert_same_as_reference(*scene(seed), method=method, iou_threshold=0.5, sigma=0.1,
+                                 score_threshold=0.05)
+        assert_same_as_reference(*scene(seed, dtype=torch.float64), method=method, score_threshold=0.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_soft_nms_ties_and_equal_ious(backend, method):
+    for seed in range(8):
+        b, s = scene(seed, quantized=True)
+        assert_same_as_reference(b, s, method=method)
+        assert_same_as_reference(b, torch.full_like(s, 0.5), method=method)
+
+
+def test_backends_give_identical_results(monkeypatch):
+    if boxes_module.numba is None:
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(0)
+    b, s = simulate_detections(crowded_scene(20, 400, generator=g), generator=g)
+    idxs = torch.randint(3, (len(s),), generator=g)
+    compiled = [soft_nms(b, s, method=m) for m in METHODS] + [batched_soft_nms(b, s, idxs)]
+    monkeypatch.setattr(boxes_module, "numba", None)
+    plain = [soft_nms(b, s, method=m) for m in METHODS] + [batched_soft_nms(b, s, idxs)]
+    for (keep, kept), (keep_torch, kept_torch) in zip(compiled, plain):
+        assert torch.equal(keep, keep_torch) and torch.equal(kept, kept_torch)
+
+
+def test_selection_order_is_score_then_index(backend):
+    b, s = scene(3, quantized=True)
+    for method in METHODS:
+        keep, kept = soft_nms(b, s, method=method, score_threshold=0.0)
+        assert (kept[1:] <= kept[:-1]).all()
+        tied = kept[1:] == kept[:-1]
+        assert (keep[1:][tied] > keep[:-1][tied]).all()
+
+
+# ----------------------------------------------------------------------------- hard == torchvision
+
+def test_hard_equals_torchvision_nms(backend):
+    for seed in range(5):
+        b, s = scene(seed, n_objects=10)
+        for threshold in (0.3, 0.5, 0.7):
+            keep, kept = soft_nms(b, s, iou_threshold=threshold, score_threshold=0.0, method="hard")
+            expected = torchvision.ops.nms(b, s, threshold)
+            assert torch.equal(keep, expected) and torch.equal(kept, s[expected])
+            keep, _ = soft_nms(b, s, iou_threshold=threshold, score_threshold=0.2, method="hard")
+            assert torch.equal(keep, expected[s[expected] >= 0.2])
+
+
+def test_batched_hard_equals_torchvision_batched_nms(backend):
+    for seed in range(6):
+        b, s = scene(seed, n_objects=10)
+        idxs = torch.randint(4, (len(s),), generator=torch.Generator().manual_seed(seed)) * 7 - 5
+        keep, kept = batched_soft_nms(b, s, idxs, iou_threshold=0.5, score_threshold=0.0, method="hard")
+        expected = torchvision.ops.batched_nms(b, s, idxs, 0.5)
+        assert torch.equal(keep, expected) and torch.equal(kept, s[expected])
+
+
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_batched_soft_nms_is_per_class_soft_nms_sorted_by_score(backend, method):
+    b, s = scene(1, n_objects=10)
+    idxs = torch.randint(3, (len(s),), generator=torch.Generator().manual_seed(1))
+    keep, kept = batched_soft_nms(b, s, idxs, method=method)
+    assert (kept[1:] <= kept[:-1]).all()
+    for c in range(3):
+        members = torch.nonzero(idxs == c).flatten()
+        class_keep, class_kept = soft_nms(b[members], s[members], method=method)
+        in_class = idxs[keep] == c
+        assert torch.equal(keep[in_class], members[class_keep])
+        assert torch.equal(kept[in_class], class_kept)
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+@pytest.mark.parametrize("method", METHODS)
+def test_threshold_plus_minus_epsilon(backend, method):
+    # the second box lies inside the first, IoU = width / 100 = threshold +- 1e-5 (torchvision's TestNMS)
+    for delta, suppressed in ((1e-5, True), (-1e-5, False)):
+        b = torch.tensor([[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 100 * (0.3 + delta), 100.0]])
+        s = torch.tensor([0.9, 0.8])
+        keep, kept = assert_same_as_reference(b, s, method=method, iou_threshold=0.3)
+        if method == "hard":
+            assert keep.tolist() == ([0] if suppressed else [0, 1])
+            assert torch.equal(torchvision.ops.nms(b, s, 0.3), keep)
+        elif method == "linear":
+            assert kept[1].item() == pytest.approx(0.8 * (0.7 - delta) if suppressed else 0.8, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_touching_and_zero_area_boxes_do_not_interact(backend, method):
+    b = torch.tensor([[0.0, 0.0, 10, 10], [10, 0, 20, 10], [0, 10, 10, 20],  # touching edges: IoU 0
+                      [5, 5, 5, 5], [5, 5, 5, 5], [3, 3, 3, 8]])  # zero area
+    s = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.6, 0.5])
+    keep, kept = assert_same_as_reference(b, s, method=method, score_threshold=0.0)
+    assert keep.tolist() == [0, 1, 2, 3, 4, 5] and torch.equal(kept, s)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_single_and_identical_boxes(backend, method):
+    for dtype in (torch.float32, torch.float64):
+        keep, kept = soft_nms(torch.zeros(0, 4, dtype=dtype), torch.zeros(0, dtype=dtype), method=method)
+        assert keep.dtype == torch.int64 and kept.dtype == dtype and keep.numel() == kept.numel() == 0
+    keep, kept = soft_nms(torch.tensor([[1.0, 2, 3, 4]]), torch.tensor([0.5]), method=method)
+    assert keep.tolist() == [0] and kept.tolist() == [0.5]
+    keep, _ = soft_nms(torch.tensor([[1.0, 2, 3, 4]]), torch.tensor([0.0001]), method=method)
+    assert keep.numel() == 0  # below score_threshold
+    same = torch.tensor([[10.0, 10, 50, 80]]).repeat(6, 1)
+    scores = torch.tensor([0.3, 0.9, 0.3, 0.6, 0.9, 0.1])
+    # IoU 1: linear decays to 0 (kept only with score_threshold=0), Gaussian by e^-2 per step, hard removes
+    for threshold, kept_boxes in ((0.0, {"linear": 6, "gaussian": 6, "hard": 1}),
+                                  (0.001, {"linear": 1, "gaussian": 3, "hard": 1})):
+        keep, _ = assert_same_as_reference(same, scores, method=method, score_threshold=threshold)
+        assert keep[0].item() == 1 and len(keep) == kept_boxes[method]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", METHODS)
+def test_half_precision_inputs_computed_in_float32(backend, dtype, method):
+    b, s = scene(2)
+    b, s = b.to(dtype), s.to(dtype)
+    keep, kept = soft_nms(b, s, method=method)
+    keep32, kept32 = soft_nms(b.float(), s.float(), method=method)
+    assert kept.dtype == dtype
+    assert torch.equal(keep, keep32) and torch.equal(kept, kept32.to(dtype))
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda b, s: soft_nms(b[:, :3], s), ValueError),
+    (lambda b, s: soft_nms(b[0], s), ValueError),
+    (lambda b, s: soft_nms(b, s[:, None]), ValueError),
+    (lambda b, s: soft_nms(b, s[:-1]), ValueError),
+    (lambda b, s: soft_nms(b[:, [2, 1, 0, 3]], s), ValueError),  # x2 < x1
+    (lambda b, s: soft_nms(b[:, [0, 3, 2, 1]], s), ValueError),  # y2 < y1
+    (lambda b, s: soft_nms(b, s.index_fill(0, torch.tensor([1]), float("nan"))), ValueError),
+    (lambda b, s: soft_nms(b.index_fill(0, torch.tensor([1]), float("inf")), s), ValueError),
+    (lambda b, s: soft_nms(b, s, sigma=0.0), ValueError),
+    (lambda b, s: soft_nms(b, s, sigma=-1.0), ValueError),
+    (lambda b, s: soft_nms(b, s, iou_threshold=1.5), ValueError),
+    (lambda b, s: soft_nms(b, s, iou_threshold=-0.1), ValueError),
+    (lambda b, s: soft_nms(b, s, score_threshold=-0.1), ValueError),
+    (lambda b, s: soft_nms(b, s, method="cubic"), ValueError),
+    (lambda b, s: soft_nms(b, s.to("meta")), ValueError),  # different devices
+    (lambda b, s: soft_nms(b.long(), s), TypeError),
+    (lambda b, s: soft_nms(b.tolist(), s), TypeError),
+    (lambda b, s: soft_nms(b, s, sigma="0.5"), TypeError),
+    (lambda b, s: batched_soft_nms(b, s, torch.zeros(len(s))), TypeError),
+    (lambda b, s: batched_soft_nms(b, s, torch.zeros(len(s) - 1, dtype=torch.long)), ValueError),
+    (lambda b, s: box_iou(b[:, :2], b), ValueError),
+    (lambda b, s: box_iou(b, b[:, [2, 1, 0, 3]]), ValueError),
+])
+def test_invalid_arguments_raise(call, error):
+    b, s = scene(0)
+    with pytest.raises(error):
+        call(b, s)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_agrees_with_cpu(method):
+    b, s = scene(0, n_objects=30)
+    idxs = torch.randint(3, (len(s),), generator=torch.Generator().manual_seed(0))
+    keep, kept = soft_nms(b, s, method=method)
+    keep_cuda, kept_cuda = soft_nms(b.cuda(), s.cuda(), method=method)
+    assert torch.equal(keep_cuda.cpu(), keep)
+    torch.testing.assert_close(kept_cuda.cpu(), kept, rtol=1e-5, atol=0)
+    keep, _ = batched_soft_nms(b, s, idxs, method=method)
+    assert torch.equal(batched_soft_nms(b.cuda(), s.cuda(), idxs.cuda(), method=method)[0].cpu(), keep)
+
+
+# ----------------------------------------------------------------------------- evaluator vs pycocotools
+
+def coco_metrics(pred_boxes, pred_scores, gt_boxes, iou_thresholds, max_detections):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    def xywh(box):
+        x1, y1, x2, y2 = box
+        return [x1, y1, x2 - x1, y2 - y1]
+
+    images = range(1, len(gt_boxes) + 1)
+    annotations = [{"image_id": image, "category_id": 1, "bbox": xywh(box), "iscrowd": 0}
+                   for image, gts in zip(images, gt_boxes) for box in gts.tolist()]
+    for number, annotation in enumerate(annotations, 1):
+        annotation.update(id=number, area=annotation["bbox"][2] * annotation["bbox"][3])
+    detections = [{"image_id": image, "category_id": 1, "bbox": xywh(box), "score": score}
+                  for image, b, s in zip(images, pred_boxes, pred_scores)
+                  for box, score in zip(b.tolist(), s.tolist())]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO()
+        ground_truth.dataset = {"images": [{"id": i} for i in images], "categories": [{"id": 1}],
+                                "annotations": annotations}
+        ground_truth.createIndex()
+        evaluator = COCOeval(ground_truth, ground_truth.loadRes(detections), "bbox")
+        evaluator.params.iouThrs = np.array(iou_thresholds)
+        evaluator.params.areaRng = [[0, 1e10]]
+        evaluator.params.areaRngLbl = ["all"]
+        evaluator.params.maxDets = [max_detections]
+        evaluator.evaluate()
+        evaluator.accumulate()
+    precision = evaluator.eval["precision"][:, :, 0, 0, 0]  # [T, recall levels]
+    return precision.mean(1), evaluator.eval["recall"][:, 0, 0, 0]
+
+
+def test_detection_metrics_equal_pycocotools():
+    thresholds = (0.5, 0.75) + tuple(np.linspace(0.5, 0.95, 10))
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        preds, scores, gts = [], [], []
+        for image in range(4):
+            gt = crowded_scene(int(torch.randint(1, 12, (1,), generator=g)), 300, generator=g)
+            b, s = simulate_detections(gt, per_object=4, jitter=0.2, generator=g)
+            keep, kept = soft_nms(b, s, method=METHODS[image % 3])
+            if seed == 4:
+                kept = (kept * 10).round() / 10  # score ties across and within images
+            preds.append(b[keep])
+            scores.append(kept)
+            gts.append(gt)
+        gts[1] = gts[1][:0]  # an image without ground truth: all its predictions are false
+        preds[2], scores[2] = preds[2][:0], scores[2][:0]  # an image without predictions
+        for max_detections in (100, 7):
+            ours = detection_metrics(preds, scores, gts, iou_thresholds=thresholds,
+                                     max_detections=max_detections)
+            ap, recall = coco_metrics(preds, scores, gts, thresholds, max_detections)
+            np.testing.assert_allclose(ours["ap"].numpy(), ap, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(ours["recall"].numpy(), recall, rtol=0, atol=1e-6)
+            assert average_precision(preds, scores, gts, 0.75, max_detections) == pytest.approx(ap[1], abs=1e-6)
+
+
+def test_detection_metrics_edge_cases():
+    gt = [torch.tensor([[0.0, 0, 10, 10]])]
+    metrics = detection_metrics([torch.zeros(0, 4)], [torch.zeros(0)], gt)
+    assert metrics["ap"].tolist() == [0.0] and metrics["recall"].tolist() == [0.0]
+    metrics = detection_metrics(gt, [torch.ones(1)], [torch.zeros(0, 4)])
+    assert torch.isnan(metrics["ap"]).all() and torch.isnan(metrics["recall"]).all()
+    assert average_precision(gt, [torch.ones(1)], gt) == pytest.approx(1.0)  # 1 / (1 + eps), as COCO
+    with pytest.raises(ValueError):
+        detection_metrics(gt, [torch.ones(1)], gt + gt)
+    with pytest.raises(ValueError):
+        detection_metrics(gt, [torch.ones(2)], gt)
+    with pytest.raises(ValueError):
+        detection_metrics(gt, [torch.ones(1)], gt, iou_thresholds=(1.5,))
+    with pytest.raises(ValueError):
+        detection_metrics(gt, [torch.ones(1)], gt, max_detections=0)
+    with pytest.raises(TypeError):
+        detection_metrics(gt[0], [torch.ones(1)], gt)
+
+
+# ----------------------------------------------------------------------------- synthetic scenes
+
+def test_crowded_scene_neighbours_overlap_as_asked():
+    gt = crowded_scene(30, 400, (0.3, 0.7), generator=torch.Generator().manual_seed(0))
+    assert gt.shape == (30, 4) and gt.dtype == torch.float32
+    assert (gt >= 0).all() and (gt <= 400).all() and (gt[:, 2:] > gt[:, :2]).all()
+    neighbours = torch.stack([box_iou(gt[i:i + 1], gt[i + 1:i + 2])[0, 0]
+                              for i in range(30) if i % 3 != 2])
+    assert ((neighbours > 0.3 - 1e-4) & (neighbours < 0.7 + 1e-4)).all()
+    again = crowded_scene(30, 400, (0.3, 0.7), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(gt, again)
+    assert crowded_scene(0, generator=torch.Generator()).shape == (0, 4)
+    with pytest.raises(ValueError):
+        crowded_scene(5, overlap=(0.7, 0.3))
+
+
+def test_simulate_detections_shape_and_determinism():
+    gt = crowded_scene(10, generator=torch.Generator().manual_seed(0))
+    b, s = simulate_detections(gt, per_object=5, false_positives=0.3,
+                               generator=torch.Generator().manual_seed(1))
+    assert b.shape == (53, 4) and s.shape == (53,) and (s >= 0).all() and (s <= 1).all()
+    assert (b[:, 2:] >= b[:, :2]).all()
+    b2, s2 = simulate_detections(gt, per_object=5, false_positives=0.3,
+                                 generator=torch.Generator().manual_seed(1))
+    assert torch.equal(b, b2) and torch.equal(s, s2)
+    with pytest.raises(ValueError):
+        simulate_detections(gt, per_object=0)
