@@ -1,0 +1,119 @@
+"""Scalers against sklearn.preprocessing (StandardScaler, MinMaxScaler) and NumPy."""
+import numpy as np
+import pytest
+import torch
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+from tricklib import Atan, Log, MinMax, Standardize
+
+
+def features(seed, n=50, dtype=torch.float64):
+    """Columns on wildly different scales, including a heavy tail and a constant column."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    X[:, 0] = X[:, 0] * 1000 + 5000
+    X[:, 1] = torch.rand(n, generator=g, dtype=torch.float64)
+    X[:, 2] = torch.randn(n, generator=g, dtype=torch.float64).exp() * 100
+    X[:, 3] = 7.0
+    return X.to(dtype)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_standardize_matches_sklearn_on_train_and_unseen_data(seed):
+    X_train, X_test = features(seed), features(seed + 100, n=20)
+    ours = Standardize().fit(X_train)
+    ref = StandardScaler().fit(X_train.numpy())
+    np.testing.assert_allclose(ours.transform(X_train).numpy(), ref.transform(X_train.numpy()), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ours.transform(X_test).numpy(), ref.transform(X_test.numpy()), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ours.mean.numpy(), ref.mean_)
+    np.testing.assert_allclose(ours.std.numpy(), ref.scale_)
+    Z = ours.transform(X_test)
+    np.testing.assert_allclose(ours.inverse_transform(Z).numpy(), ref.inverse_transform(Z.numpy()), rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("feature_range", [(0.0, 1.0), (-1.0, 1.0), (2.0, 5.0)])
+def test_minmax_matches_sklearn(seed, feature_range):
+    X_train, X_test = features(seed), features(seed + 100, n=20)
+    ours = MinMax(feature_range).fit(X_train)
+    ref = MinMaxScaler(feature_range=feature_range).fit(X_train.numpy())
+    np.testing.assert_allclose(ours.transform(X_train).numpy(), ref.transform(X_train.numpy()), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ours.transform(X_test).numpy(), ref.transform(X_test.numpy()), rtol=1e-10, atol=1e-10)
+    Z = ours.transform(X_test)
+    np.testing.assert_allclose(ours.inverse_transform(Z).numpy(), ref.inverse_transform(Z.numpy()), rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_inputs_keep_their_dtype_and_match_sklearn(dtype):
+    X = features(0)
+    for ours, ref in ((Standardize(), StandardScaler()), (MinMax(), MinMaxScaler())):
+        out = ours.fit_transform(X.to(dtype))
+        assert out.dtype == dtype
+        expected = ref.fit_transform(X.to(dtype).double().numpy())
+        tol = 1e-6 if dtype == torch.float32 else 1e-2
+        np.testing.assert_allclose(out.double().numpy(), expected, rtol=tol, atol=tol)
+
+
+def test_constant_feature_gives_no_nan():
+    X = features(1)
+    for scaler in (Standardize(), MinMax(), Atan(scale=None)):
+        out = scaler.fit_transform(X)
+        assert torch.isfinite(out).all(), type(scaler).__name__
+    assert (Standardize().fit_transform(X)[:, 3] == 0).all()
+    assert (MinMax().fit_transform(X)[:, 3] == 0).all()
+
+
+def test_statistics_come_from_train_only():
+    X_train = torch.tensor([[0.0], [10.0]])
+    X_test = torch.tensor([[20.0]])
+    assert MinMax().fit(X_train).transform(X_test).item() == 2.0  # outside [0, 1]: not refitted on test
+    assert Standardize().fit(X_train).transform(X_test).item() == 3.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_log_and_atan_against_numpy(seed):
+    X = features(seed)
+    X[:, 4] = -X[:, 2]                               # negative heavy tail
+    np.testing.assert_allclose(Log().fit_transform(X).numpy(), np.sign(X.numpy()) * np.log1p(np.abs(X.numpy())))
+    np.testing.assert_allclose(Atan().fit_transform(X).numpy(), 2 / np.pi * np.arctan(X.numpy()))
+    fitted = Atan(scale=None).fit(X)
+    s = np.median(np.abs(X.numpy()), axis=0)         # even n: torch takes the lower median
+    s_lower = np.sort(np.abs(X.numpy()), axis=0)[(len(X) - 1) // 2]
+    np.testing.assert_allclose(fitted.s.numpy(), s_lower)
+    assert np.all(np.abs(fitted.s.numpy() - s) <= np.abs(s) * 0.2 + 1e-12)
+    np.testing.assert_allclose(fitted.transform(X).numpy(), 2 / np.pi * np.arctan(X.numpy() / s_lower))
+    for scaler in (Log().fit(X), fitted, Atan(2.0).fit(X)):
+        np.testing.assert_allclose(scaler.inverse_transform(scaler.transform(X)).numpy(), X.numpy(), rtol=1e-8)
+
+
+def test_atan_with_unit_scale_saturates_large_features():
+    X = features(0)
+    out = Atan().fit_transform(X)
+    assert (out[:, 0] > 0.999).all()                 # thousands: everything ≈ 1, the feature is lost
+    assert Atan(scale=None).fit_transform(X)[:, 0].std() > 0.01
+
+
+def test_errors():
+    X = features(0)
+    with pytest.raises(ValueError, match="not fitted"):
+        Standardize().transform(X)
+    with pytest.raises(ValueError, match="not fitted"):
+        MinMax().inverse_transform(X)
+    with pytest.raises(ValueError, match="3 features.*fitted on 5"):
+        Standardize().fit(X).transform(X[:, :3])
+    with pytest.raises(ValueError, match="2 dimension"):
+        MinMax().fit(X[:, 0])
+    with pytest.raises(TypeError, match="floating"):
+        Standardize().fit(torch.ones(3, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        Standardize().fit(X.numpy())
+    with pytest.raises(ValueError, match="finite"):
+        Standardize().fit(torch.tensor([[1.0], [float("nan")]]))
+    with pytest.raises(ValueError, match="at least one row"):
+        MinMax().fit(torch.empty(0, 3))
+    with pytest.raises(ValueError, match="low < high"):
+        MinMax((1.0, 0.0))
+    with pytest.raises(ValueError, match="scale"):
+        Atan(scale=0.0)
+    with pytest.raises(ValueError, match=r"\(-1, 1\)"):
+        Atan().fit(X).inverse_transform(torch.ones(1, 5))

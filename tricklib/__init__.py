@@ -1,0 +1,48 @@
+"""Deep Learning Tricks: the small shared library behind the course book.
+
+Every trick is plain PyTorch you can paste into your own training loop; the
+book's harness (:func:`fit`, :func:`compare`) only uses them. Modules follow the
+parts of the book: ``schedules`` (Part 2), ``regularize`` (Part 4), ``losses``
+(Part 5), ``boxes`` (Part 6), ``averaging`` (Part 7); ``runtime``, ``data``,
+``harness``, ``measure``, ``viz`` and ``knobs`` are shared by all chapters.
+"""
+from .averaging import ensemble_probs
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .debug import (assert_batch_independent, batch_leak, dependency_matrix, describe_batch, expected_initial_loss,
+                    first_nonfinite, gradcheck_module, init_final_bias, input_independent_baseline, out_of_range,
+                    overfit_one_batch, show_batch, unnormalize)
+from .data import SHAPE_CLASSES, Shapes, digits, make_imbalanced, render_shapes, shapes, split, toy_2d
+from .gradients import GradNormRecorder, layer_grad_norms, linear_baseline, majority_baseline
+from .harness import Callback, History, Snapshots, TrainState, accuracy, batches, evaluate, fit, predict
+from .knobs import Knob, knob
+from .losses import focal_loss, reduce_loss
+from .measure import Comparison, Paired, calibration_bins, compare, expected_calibration_error
+from .optim import adam_step, flood, param_groups
+from .regularize import label_smoothing_cross_entropy, logit_gap, optimal_logit_gap, smooth_labels
+from .runtime import by_scale, get_device, get_scale, seed_everything
+from .search import grid_points, random_points
+from .scaling import Atan, Log, MinMax, Scaler, Standardize
+from .precision import amp_step, autocast_dtype, lost_update_fraction, overflow_fraction, underflow_fraction
+from .schedules import ScheduleCheck, check_schedule, cosine, linear_scaling, restart_steps, sgdr, step_decay, warmup
+from .viz import bars, draw_boxes, paired_diffs, plot_curves, plot_schedules, reliability_diagram
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "assert_batch_independent", "batch_leak", "dependency_matrix", "describe_batch", "expected_initial_loss",
+    "first_nonfinite", "gradcheck_module", "init_final_bias", "input_independent_baseline", "out_of_range",
+    "overfit_one_batch", "show_batch", "unnormalize",
+    "GradNormRecorder", "layer_grad_norms", "linear_baseline", "majority_baseline",
+    "Atan", "Log", "MinMax", "Scaler", "Standardize",
+    "CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state",
+    "adam_step", "flood", "grid_points", "param_groups", "random_points",
+    "SHAPE_CLASSES", "Callback", "Comparison", "History", "Knob", "Paired", "Shapes", "Snapshots", "TrainState",
+    "accuracy", "bars", "batches", "by_scale", "calibration_bins", "compare", "cosine", "digits", "draw_boxes",
+    "ensemble_probs", "evaluate", "expected_calibration_error", "fit", "focal_loss", "get_device", "get_scale",
+    "knob", "label_smoothing_cross_entropy", "logit_gap", "make_imbalanced", "optimal_logit_gap", "paired_diffs",
+    "plot_curves", "plot_schedules", "predict", "reduce_loss", "reliability_diagram", "render_shapes",
+    "restart_steps", "seed_everything", "sgdr", "shapes", "smooth_labels", "split", "step_decay", "toy_2d",
+    # schedules (warm-up, scaling, checks) and precision (Part 2)
+    "ScheduleCheck", "amp_step", "autocast_dtype", "check_schedule", "linear_scaling", "lost_update_fraction",
+    "overflow_fraction", "underflow_fraction", "warmup",
+]

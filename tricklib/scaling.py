@@ -1,0 +1,191 @@
+r"""Feature scaling fitted on the training split only (Part 1 of the book).
+
+Four scalers with one small API, ``fit`` on the training features, then
+``transform`` train, validation and test with the *same* statistics:
+
+======================  =====================================================  ============================
+scaler                  :math:`x \mapsto`                                      fitted statistics
+======================  =====================================================  ============================
+:class:`MinMax`         :math:`a + (b-a)\,(x-\min)/(\max-\min)`                per-feature min and max
+:class:`Standardize`    :math:`(x-\mu)/\sigma`                                 per-feature mean and std
+:class:`Log`            :math:`\operatorname{sign}(x)\log(1+|x|)`              none
+:class:`Atan`           :math:`\tfrac{2}{\pi}\arctan(x/s)`                     scale :math:`s` (optional)
+======================  =====================================================  ============================
+
+Features are the columns of a ``Tensor[N, F]``. Statistics are computed in
+float64 and results returned in the input's dtype. A constant feature (zero
+range or zero std) is divided by 1 instead of 0, as scikit-learn does, so it
+maps to a constant rather than to NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_finite, check_range, check_tensor
+
+
+class Scaler:
+    """Base class: ``fit(X_train)`` learns per-feature statistics, ``transform(X)`` applies them.
+
+    Subclasses implement ``_fit``, ``_forward`` and ``_inverse`` on float64 tensors.
+    """
+
+    #: number of features seen by :meth:`fit` (``None`` before fitting)
+    n_features: int | None = None
+
+    def fit(self, X: torch.Tensor) -> "Scaler":
+        """Learn the statistics from the training features ``X`` (``Tensor[N, F]``, N ≥ 1); returns ``self``."""
+        X = self._check(X, fitting=True)
+        self._fit(X.double())
+        self.n_features = X.shape[1]
+        return self
+
+    def transform(self, X: torch.Tensor) -> torch.Tensor:
+        """Scale ``X`` (``Tensor[M, F]``) with the statistics learned by :meth:`fit`."""
+        X = self._check(X)
+        return self._forward(X.double()).to(X.dtype)
+
+    def fit_transform(self, X: torch.Tensor) -> torch.Tensor:
+        """``fit(X)`` then ``transform(X)`` — for the training split only."""
+        return self.fit(X).transform(X)
+
+    def inverse_transform(self, Z: torch.Tensor) -> torch.Tensor:
+        """Map scaled features back to the original units (e.g. to read a prediction in dollars)."""
+        Z = self._check(Z, name="Z")
+        return self._inverse(Z.double()).to(Z.dtype)
+
+    def _check(self, X: torch.Tensor, *, fitting: bool = False, name: str = "X") -> torch.Tensor:
+        check_tensor(name, X, ndim=2, floating=True)
+        if fitting:
+            if len(X) == 0:
+                raise ValueError(f"{name} must have at least one row to fit on, got shape {tuple(X.shape)}")
+            check_finite(name, X)
+        elif self.n_features is None:
+            raise ValueError(f"{type(self).__name__} is not fitted yet: call .fit(X_train) before .transform")
+        elif X.shape[1] != self.n_features:
+            raise ValueError(f"{name} has {X.shape[1]} features, but {type(self).__name__} was fitted on "
+                             f"{self.n_features}")
+        return X
+
+    def _fit(self, X: torch.Tensor) -> None:
+        """Stateless scalers learn nothing."""
+
+    def _forward(self, X: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _inverse(self, Z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fitted={self.n_features is not None})"
+
+
+def _nonzero(scale: torch.Tensor) -> torch.Tensor:
+    """Replace (near-)zero scales by 1, like scikit-learn's ``_handle_zeros_in_scale``."""
+    return torch.where(scale < 10 * torch.finfo(scale.dtype).eps, torch.ones_like(scale), scale)
+
+
+class MinMax(Scaler):
+    r"""Min–max scaling to ``feature_range = (a, b)``, default ``(0, 1)``.
+
+    .. math:: x' = a + (b - a)\,\frac{x - \min_{\text{train}}}{\max_{\text{train}} - \min_{\text{train}}}
+
+    Validation/test values outside the training range map outside ``[a, b]``
+    (no clipping); one outlier in the training set squeezes all other values
+    into a tiny interval. Checked against ``sklearn.preprocessing.MinMaxScaler``.
+    """
+
+    def __init__(self, feature_range: tuple[float, float] = (0.0, 1.0)):
+        a, b = feature_range
+        check_range("feature_range[0]", a)
+        check_range("feature_range[1]", b)
+        if not a < b:
+            raise ValueError(f"feature_range must satisfy low < high, got {feature_range}")
+        self.feature_range = (float(a), float(b))
+
+    def _fit(self, X: torch.Tensor) -> None:
+        self.min = X.amin(dim=0)
+        self.range = _nonzero(X.amax(dim=0) - self.min)
+
+    def _forward(self, X: torch.Tensor) -> torch.Tensor:
+        a, b = self.feature_range
+        return a + (b - a) * (X - self.min) / self.range
+
+    def _inverse(self, Z: torch.Tensor) -> torch.Tensor:
+        a, b = self.feature_range
+        return (Z - a) / (b - a) * self.range + self.min
+
+
+class Standardize(Scaler):
+    r"""Z-score: zero mean and unit variance per feature, with the *training* statistics.
+
+    .. math:: x' = \frac{x - \mu_{\text{train}}}{\sigma_{\text{train}}},\qquad
+        \sigma^2 = \frac1N\sum_i (x_i-\mu)^2 \ \text{(biased, as scikit-learn)}
+
+    LeCun et al. 1998 ("Efficient BackProp") recommend it: inputs with zero mean
+    and equal variance keep the Hessian better conditioned, so one learning rate
+    suits every weight. Checked against ``sklearn.preprocessing.StandardScaler``.
+    """
+
+    def _fit(self, X: torch.Tensor) -> None:
+        self.mean = X.mean(dim=0)
+        self.std = _nonzero(X.std(dim=0, correction=0))
+
+    def _forward(self, X: torch.Tensor) -> torch.Tensor:
+        return (X - self.mean) / self.std
+
+    def _inverse(self, Z: torch.Tensor) -> torch.Tensor:
+        return Z * self.std + self.mean
+
+
+class Log(Scaler):
+    r"""Signed log: compresses heavy right tails (prices, counts, areas) without a fitted statistic.
+
+    .. math:: x' = \operatorname{sign}(x)\,\log(1 + |x|)
+
+    Equals ``torch.log1p`` for non-negative features and stays defined for
+    negative ones. ``fit`` only records the number of features. Checked against
+    ``numpy.log1p`` / ``expm1``.
+    """
+
+    def _forward(self, X: torch.Tensor) -> torch.Tensor:
+        return X.sign() * X.abs().log1p()
+
+    def _inverse(self, Z: torch.Tensor) -> torch.Tensor:
+        return Z.sign() * Z.abs().expm1()
+
+
+class Atan(Scaler):
+    r"""Squash into :math:`(-1, 1)` with the arctangent (Hui 2018, "How to start a deep learning project").
+
+    .. math:: x' = \frac{2}{\pi}\arctan\!\left(\frac{x}{s}\right)
+
+    With ``scale=1.0`` (the formula as usually quoted) a feature in the thousands
+    maps to ≈ 1 everywhere and its information is lost; ``scale=None`` fits
+    per-feature :math:`s` as the training median of :math:`|x|` (the lower middle value
+    for an even count, as ``torch.median``), so half the
+    training values land in :math:`(-\tfrac12, \tfrac12)`. The map is bounded, so
+    outliers cannot dominate. Checked against ``numpy.arctan``.
+
+    Args:
+        scale: a fixed :math:`s > 0` for every feature, or ``None`` to fit it.
+    """
+
+    def __init__(self, scale: float | None = 1.0):
+        if scale is not None:
+            check_range("scale", scale, 0.0, low_open=True)
+        self.scale = scale
+
+    def _fit(self, X: torch.Tensor) -> None:
+        self.s = (_nonzero(X.abs().median(dim=0).values) if self.scale is None
+                  else torch.full((X.shape[1],), float(self.scale), dtype=X.dtype))
+
+    def _forward(self, X: torch.Tensor) -> torch.Tensor:
+        return 2 / math.pi * torch.atan(X / self.s)
+
+    def _inverse(self, Z: torch.Tensor) -> torch.Tensor:
+        if Z.numel() and Z.abs().max() >= 1:
+            raise ValueError("Z must lie in (-1, 1) to invert 2·atan(x/s)/π")
+        return torch.tan(Z * math.pi / 2) * self.s
