@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tricklib import label_smoothing_cross_entropy, optimal_logit_gap, smooth_labels
+from tricklib import label_smoothing_cross_entropy, logit_gap, optimal_logit_gap, smooth_labels
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -57,3 +57,40 @@ def test_errors():
         smooth_labels(torch.tensor([0.0, 1.0]), 3)
     with pytest.raises(ValueError):
         label_smoothing_cross_entropy(torch.randn(3), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_logit_gap_matches_direct(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    targets = torch.randint(6, (20,), generator=g)
+    for t, cls in ((targets, targets), (None, logits.argmax(1))):
+        expected = torch.stack([row[c] - torch.cat([row[:c], row[c + 1:]]).mean() for row, c in zip(logits, cls)])
+        torch.testing.assert_close(logit_gap(logits, t), expected)
+
+
+@pytest.mark.parametrize("epsilon", [0.05, 0.1, 0.3])
+def test_logit_gap_zero_gradient_at_optimum(epsilon):
+    # logits whose gap is the optimal one (any shift, any true class) are a stationary point of the smoothed loss
+    C = 5
+    targets = torch.tensor([0, 1, 2, 4])
+    shift = torch.randn(4, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    logits = (shift + optimal_logit_gap(C, epsilon) * F.one_hot(targets, C)).requires_grad_()
+    grad, = torch.autograd.grad(label_smoothing_cross_entropy(logits, targets, epsilon, "sum"), logits)
+    # smooth_labels builds float32 targets, so "zero" is zero to ~1e-9; a wrong gap gives gradients ~1e-2
+    torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-6, rtol=0)
+    torch.testing.assert_close(logit_gap(logits.detach(), targets), torch.full((4,), optimal_logit_gap(C, epsilon),
+                                                                              dtype=torch.float64))
+
+
+def test_logit_gap_errors():
+    with pytest.raises(ValueError):
+        logit_gap(torch.randn(3, 1))
+    with pytest.raises(ValueError):
+        logit_gap(torch.randn(3, 4), torch.tensor([0, 1]))
+    with pytest.raises(ValueError):
+        logit_gap(torch.randn(3, 4), torch.tensor([0, 1, 4]))
+    with pytest.raises(TypeError):
+        logit_gap(torch.randn(3, 4), torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(TypeError):
+        logit_gap(torch.tensor([[1, 2], [3, 4]]))
