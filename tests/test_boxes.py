@@ -42,7 +42,7 @@ def soft_nms_reference(boxes, scores, iou_threshold=0.3, sigma=0.5, score_thresh
 
 @pytest.fixture(params=["numba", "torch"])
 def backend(request, monkeypatch):
-    """Run a test through the compiled kernels and through the pure-torch rounds."""
+    """Run a test through the compiled (numba) kernel and through the pure-torch rounds."""
     if request.param == "numba" and boxes_module.numba is None:
         pytest.skip("numba is not installed")
     if request.param == "torch":
@@ -106,6 +106,7 @@ def test_soft_nms_ties_and_equal_ious(backend, method):
 
 
 def test_backends_give_identical_results(monkeypatch):
+    """The compiled kernel and the torch rounds agree bit for bit, on a larger crowd."""
     if boxes_module.numba is None:
         pytest.skip("numba is not installed")
     g = torch.Generator().manual_seed(0)
@@ -116,15 +117,24 @@ def test_backends_give_identical_results(monkeypatch):
     plain = [soft_nms(b, s, method=m) for m in METHODS] + [batched_soft_nms(b, s, idxs)]
     for (keep, kept), (keep_torch, kept_torch) in zip(compiled, plain):
         assert torch.equal(keep, keep_torch) and torch.equal(kept, kept_torch)
+    for method, (keep, kept) in zip(METHODS, compiled):
+        ref_keep, ref_kept = soft_nms_reference(b, s, method=method)
+        assert torch.equal(keep, ref_keep)
+        torch.testing.assert_close(kept, ref_kept, rtol=1e-5, atol=0)
 
 
 def test_selection_order_is_score_then_index(backend):
     b, s = scene(3, quantized=True)
+    idxs = torch.randint(3, (len(s),), generator=torch.Generator().manual_seed(3))
+    ties = 0
     for method in METHODS:
-        keep, kept = soft_nms(b, s, method=method, score_threshold=0.0)
-        assert (kept[1:] <= kept[:-1]).all()
-        tied = kept[1:] == kept[:-1]
-        assert (keep[1:][tied] > keep[:-1][tied]).all()
+        for keep, kept in (soft_nms(b, s, method=method, score_threshold=0.0),
+                           batched_soft_nms(b, s, idxs, method=method, score_threshold=0.0)):
+            assert (kept[1:] <= kept[:-1]).all()
+            tied = kept[1:] == kept[:-1]
+            assert (keep[1:][tied] > keep[:-1][tied]).all()
+            ties += tied.sum().item()
+    assert ties > 10
 
 
 # ----------------------------------------------------------------------------- hard == torchvision
@@ -316,7 +326,8 @@ def test_detection_metrics_equal_pycocotools():
             ap, recall = coco_metrics(preds, scores, gts, thresholds, max_detections)
             np.testing.assert_allclose(ours["ap"].numpy(), ap, rtol=0, atol=1e-6)
             np.testing.assert_allclose(ours["recall"].numpy(), recall, rtol=0, atol=1e-6)
-            assert average_precision(preds, scores, gts, 0.75, max_detections) == pytest.approx(ap[1], abs=1e-6)
+            assert (average_precision(preds, scores, gts, 0.75, max_detections)
+                    == pytest.approx(ap[1], abs=1e-6))
 
 
 def test_detection_metrics_edge_cases():
@@ -332,6 +343,8 @@ def test_detection_metrics_edge_cases():
         detection_metrics(gt, [torch.ones(2)], gt)
     with pytest.raises(ValueError):
         detection_metrics(gt, [torch.ones(1)], gt, iou_thresholds=(1.5,))
+    with pytest.raises(ValueError):
+        detection_metrics(gt, [torch.ones(1)], gt, iou_thresholds=())
     with pytest.raises(ValueError):
         detection_metrics(gt, [torch.ones(1)], gt, max_detections=0)
     with pytest.raises(TypeError):

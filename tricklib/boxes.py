@@ -27,7 +27,7 @@ SOFT_NMS_METHODS = ("linear", "gaussian", "hard")
 
 def _check_box_values(name: str, boxes: torch.Tensor) -> None:
     check_finite(name, boxes)
-    if boxes.numel() and ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
+    if boxes.numel() and (boxes[:, 2:] < boxes[:, :2]).any():
         raise ValueError(f"{name} must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1")
 
 
@@ -124,6 +124,11 @@ def batched_soft_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tens
                      method: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
     r"""Class-aware :func:`soft_nms`: boxes with different ``idxs`` never interact.
 
+    With :math:`c_i` the class of box :math:`b_i` and :math:`f` the decay of ``method``,
+    selecting :math:`M` updates only its own class:
+
+    .. math:: s_i \leftarrow s_i\, f(\mathrm{IoU}(M, b_i)) \quad\text{if } c_i = c_M
+
     Like ``torchvision.ops.batched_nms``, but without the coordinate-offset trick (which
     changes IoUs by rounding): pairs of different classes are simply never formed.
 
@@ -188,7 +193,7 @@ def _sweep_order(boxes: torch.Tensor, idxs: torch.Tensor | None):
     pair is missed; pairs of different classes are rejected exactly later).
     """
     lo, hi = boxes[:, 0].double(), boxes[:, 2].double()
-    if idxs is not None and boxes.shape[0]:
+    if idxs is not None:
         classes = torch.unique(idxs, return_inverse=True)[1]
         offset = classes * (hi.max() - lo.min() + 1)
         lo, hi = lo + offset, hi + offset
@@ -416,7 +421,8 @@ if numba is not None:
                     if method == 0:  # linear
                         score[j] *= one - overlap
                     else:  # gaussian, the weight rounded from float64 as in _soft_nms_rounds
-                        score[j] *= score.dtype.type(math.exp(-(np.float64(overlap) * np.float64(overlap)) / sigma))
+                        overlap64 = np.float64(overlap)
+                        score[j] *= score.dtype.type(math.exp(-(overlap64 * overlap64) / sigma))
                     done[j] = score[j] < score_threshold
         return selected[:k], kept[:k]
 
@@ -448,7 +454,8 @@ def detection_metrics(pred_boxes: Sequence[torch.Tensor], pred_scores: Sequence[
     .. math:: \mathrm{AP}_t = \frac{1}{101} \sum_{r} \max_{R_k \ge r} P_k
 
     (0 where recall :math:`r` is never reached). This is ``COCOeval`` (pycocotools) with one
-    category, one area range ("all"), no crowd boxes and ``maxDets=[max_detections]``.
+    category, one area range ("all"), no crowd boxes and ``maxDets=[max_detections]``
+    (Lin et al. 2014, "Microsoft COCO: Common Objects in Context").
 
     Args:
         pred_boxes: per image, ``Tensor[D_i, 4]`` float ``(x1, y1, x2, y2)``.
@@ -469,6 +476,8 @@ def detection_metrics(pred_boxes: Sequence[torch.Tensor], pred_scores: Sequence[
     if not len(pred_boxes) == len(pred_scores) == len(gt_boxes):
         raise ValueError("pred_boxes, pred_scores and gt_boxes must have one entry per image, got "
                          f"{len(pred_boxes)}, {len(pred_scores)} and {len(gt_boxes)}")
+    if not len(iou_thresholds):
+        raise ValueError("iou_thresholds must hold at least one threshold")
     for t in iou_thresholds:
         check_range("iou_thresholds", t, 0.0, 1.0)
     if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
@@ -534,7 +543,15 @@ def _greedy_match(iou: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
 def average_precision(pred_boxes: Sequence[torch.Tensor], pred_scores: Sequence[torch.Tensor],
                       gt_boxes: Sequence[torch.Tensor], iou_threshold: float = 0.5,
                       max_detections: int = 100) -> float:
-    """COCO-style AP of one class at one IoU threshold: see :func:`detection_metrics`."""
+    r"""COCO-style average precision of one class at one IoU threshold :math:`t`.
+
+    .. math:: \mathrm{AP}_t = \frac{1}{101} \sum_{r \in \{0, 0.01, ..., 1\}} \max_{R_k \ge r} P_k
+
+    Boxes are ``(x1, y1, x2, y2)``, per image ``Tensor[D_i, 4]`` predictions with
+    ``Tensor[D_i]`` scores and ``Tensor[G_i, 4]`` ground truth. Shorthand for
+    ``detection_metrics(..., iou_thresholds=(iou_threshold,))["ap"]`` (see there; checked
+    against pycocotools in ``tests/test_boxes.py``).
+    """
     metrics = detection_metrics(pred_boxes, pred_scores, gt_boxes, iou_thresholds=(iou_threshold,),
                                 max_detections=max_detections)
     return metrics["ap"].item()
