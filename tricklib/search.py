@@ -1,0 +1,121 @@
+r"""Hyper-parameter search: grid points and random points over the same space (Part 2).
+
+A search space maps each hyper-parameter to its range, ``(low, high)`` for a
+uniform scale or ``(low, high, "log")`` for a logarithmic one::
+
+    space = {"lr": (1e-5, 1.0, "log"), "weight_decay": (1e-6, 1e-1, "log"), "dropout": (0.0, 0.5)}
+    for point in random_points(space, 20, generator=0):
+        score = train_and_evaluate(**point)
+
+Both functions return a list of ``{name: value}`` dicts, so the same loop runs a
+grid or a random search at the same budget. Checked in ``tests/test_search.py``.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from ._checks import check_choice
+
+SCALES = ("linear", "log")
+Space = Mapping[str, Sequence[object]]
+
+
+def _parse(space: Space) -> list[tuple[str, float, float, bool]]:
+    """Validate a space; return ``(name, low, high, is_log)`` per axis, in the space's order."""
+    if not isinstance(space, Mapping):
+        raise TypeError(f"space must be a mapping {{name: (low, high[, 'log'])}}, got {type(space).__name__}")
+    if not space:
+        raise ValueError("space must name at least one hyper-parameter")
+    axes = []
+    for name, spec in space.items():
+        if not isinstance(name, str):
+            raise TypeError(f"space keys must be strings, got {name!r}")
+        if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence) or len(spec) not in (2, 3):
+            raise ValueError(f"space[{name!r}] must be (low, high) or (low, high, 'log'), got {spec!r}")
+        low, high = spec[0], spec[1]
+        scale = spec[2] if len(spec) == 3 else "linear"
+        check_choice(f"scale of space[{name!r}]", scale, SCALES)
+        for bound in (low, high):
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
+                raise ValueError(f"space[{name!r}] bounds must be finite numbers, got {spec!r}")
+        if not low < high:
+            raise ValueError(f"space[{name!r}] needs low < high, got low={low}, high={high}")
+        if scale == "log" and low <= 0:
+            raise ValueError(f"space[{name!r}] is on a log scale, so low must be > 0, got {low}")
+        axes.append((name, float(low), float(high), scale == "log"))
+    return axes
+
+
+def _from_unit(axes: list[tuple[str, float, float, bool]], u: torch.Tensor) -> list[dict[str, float]]:
+    """Map points ``u`` in the unit cube ``[n, d]`` to the space, each axis on its own scale."""
+    columns = []
+    for j, (_, low, high, is_log) in enumerate(axes):
+        if is_log:  # uniform in log(value): value = low · (high/low)^u
+            columns.append(torch.exp(math.log(low) + u[:, j] * (math.log(high) - math.log(low))))
+        else:
+            columns.append(low + u[:, j] * (high - low))
+    values = torch.stack(columns, dim=1).tolist()
+    return [{name: v for (name, *_), v in zip(axes, row)} for row in values]
+
+
+def grid_points(space: Space, n: int) -> list[dict[str, float]]:
+    r"""A full grid of ``n`` points: :math:`k = n^{1/d}` values on each of the ``d`` axes.
+
+    Each axis is cut into :math:`k` equal cells on its own scale (linear or log) and
+    the grid takes the cell midpoints, :math:`u_i = (i + \tfrac12)/k`, so no point is
+    wasted on the border and a grid of one point is the centre. Whatever ``d``, the
+    grid tests only :math:`k` distinct values of each hyper-parameter; a random
+    search of the same budget tests ``n`` (Bergstra & Bengio 2012, "Random Search
+    for Hyper-Parameter Optimization").
+
+    Args:
+        space: ``{name: (low, high)}`` or ``{name: (low, high, "log")}``.
+        n: the budget; must be a perfect ``d``-th power (9 or 16 in 2-D, 8 or 27 in 3-D).
+
+    Returns:
+        ``n`` dicts ``{name: value}``, the first axis varying slowest.
+    """
+    axes = _parse(space)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    d = len(axes)
+    k = round(n ** (1 / d))
+    if k**d != n:
+        lower, upper = max(1, math.floor(n ** (1 / d))), math.floor(n ** (1 / d)) + 1
+        raise ValueError(f"a full grid over {d} axes needs n = k**{d}; got n={n} "
+                         f"(nearest: {lower**d} or {upper**d})")
+    mids = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+    u = torch.tensor(list(itertools.product(mids.tolist(), repeat=d)), dtype=torch.float64).view(n, d)
+    return _from_unit(axes, u)
+
+
+def random_points(space: Space, n: int, generator: int | torch.Generator) -> list[dict[str, float]]:
+    r"""``n`` points drawn independently and uniformly, each axis on its own scale.
+
+    A linear axis draws :math:`x = a + u\,(b-a)`; a log axis draws
+    :math:`x = a\,(b/a)^{u}`, i.e. :math:`\log x` uniform, with :math:`u \sim U[0,1)`.
+    Every point brings a new value of *every* hyper-parameter, which is why random
+    search beats a grid when only a few hyper-parameters matter (Bergstra & Bengio 2012).
+
+    Args:
+        space: ``{name: (low, high)}`` or ``{name: (low, high, "log")}``.
+        n: number of points (>= 0).
+        generator: a ``torch.Generator`` or an int seed; the same seed gives the same points.
+
+    Returns:
+        ``n`` dicts ``{name: value}``; the first ``m`` points of a draw of ``n`` are
+        a draw of ``m`` (so one draw gives the search at every smaller budget).
+    """
+    axes = _parse(space)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    if isinstance(generator, bool) or not isinstance(generator, (int, torch.Generator)):
+        raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
+    g = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(generator)
+    # one row per point, so a prefix of the draw is itself a draw
+    u = torch.rand(n, len(axes), generator=g, dtype=torch.float64)
+    return _from_unit(axes, u)
