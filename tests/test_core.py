@@ -221,3 +221,16 @@ def test_fit_clip_by_value_matches_manual_step():
     for a, b in zip(model.parameters(), manual.parameters()):
         torch.testing.assert_close(a, b)
     assert h.step["grad_norm"][0] == pytest.approx(raw_norm.item(), rel=1e-6)  # recorded before clipping
+
+
+def test_plot_curves_skips_runs_without_a_series():
+    import matplotlib.pyplot as plt
+
+    diverged = tricklib.History()
+    diverged.step["loss"].append(float("nan"))
+    fig, ax = plt.subplots()
+    tricklib.plot_curves({"a": [_fake_history(0.0), diverged]}, "val_loss", ax=ax)
+    assert len(ax.lines) == 2  # one seed line and the mean
+    with pytest.raises(ValueError, match="no epoch series"):
+        tricklib.plot_curves({"b": [diverged]}, "val_loss", ax=ax)
+    plt.close(fig)

@@ -49,8 +49,9 @@ def plot_curves(histories: Mapping[str, Sequence[History]] | Comparison, key: st
     ax = _axes(ax)
     for i, (name, runs) in enumerate(histories.items()):
         color = COLORS[i % len(COLORS)]
-        series = [_smooth(np.asarray(getattr(h, per)[key], dtype=float), smooth) for h in runs]
-        if not series or any(len(s) == 0 for s in series):
+        # a run that diverged before its first epoch ended has no epoch series: skip it
+        series = [s for h in runs if len(s := _smooth(np.asarray(getattr(h, per)[key], dtype=float), smooth))]
+        if not series:
             raise ValueError(f"no {per} series {key!r} recorded for variant {name!r}")
         length = min(len(s) for s in series)
         start = 1 + (smooth - 1 if per == "step" else 0)
