@@ -234,3 +234,15 @@ def test_plot_curves_skips_runs_without_a_series():
     with pytest.raises(ValueError, match="no epoch series"):
         tricklib.plot_curves({"b": [diverged]}, "val_loss", ax=ax)
     plt.close(fig)
+
+
+def test_mlp_builder_layers_and_errors():
+    torch.manual_seed(0)
+    built = tricklib.mlp(4, 8, 3, activation=nn.Tanh)
+    torch.manual_seed(0)
+    by_hand = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    assert [type(m) for m in built] == [type(m) for m in by_hand]
+    assert all(torch.equal(a, b) for a, b in zip(built.parameters(), by_hand.parameters()))
+    for bad in [(4,), (4, 0, 2), (4, 2.5, 2)]:
+        with pytest.raises(ValueError):
+            tricklib.mlp(*bad)

@@ -16,6 +16,7 @@ from .gradients import GradNormRecorder, layer_grad_norms, linear_baseline, majo
 from .harness import Callback, History, Snapshots, TrainState, accuracy, batches, evaluate, fit, predict
 from .knobs import Knob, knob
 from .losses import focal_loss, reduce_loss
+from .models import mlp
 from .measure import Comparison, Paired, calibration_bins, compare, expected_calibration_error
 from .optim import adam_step, flood, param_groups
 from .regularize import label_smoothing_cross_entropy, logit_gap, optimal_logit_gap, smooth_labels
@@ -29,6 +30,7 @@ from .viz import bars, draw_boxes, paired_diffs, plot_curves, plot_schedules, re
 __version__ = "0.1.0"
 
 __all__ = [
+    "mlp",
     "assert_batch_independent", "batch_leak", "dependency_matrix", "describe_batch", "expected_initial_loss",
     "first_nonfinite", "gradcheck_module", "init_final_bias", "input_independent_baseline", "out_of_range",
     "overfit_one_batch", "show_batch", "unnormalize",

@@ -1,0 +1,22 @@
+"""Small models the chapters train: kept here so every chapter builds them the same way."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def mlp(*sizes: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """A multi-layer perceptron: ``Linear`` layers of the given widths with ``activation`` between them.
+
+    Example: ``mlp(64, 128, 128, 10)`` is
+    ``Linear(64, 128) → ReLU → Linear(128, 128) → ReLU → Linear(128, 10)``
+    (no activation after the last layer: it outputs logits). Layers use PyTorch's
+    default initialisation, created in order, so a seed fixes the weights.
+    """
+    if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+        raise ValueError(f"sizes must be at least two positive ints (input, ..., output), got {sizes}")
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if i:
+            layers.append(activation())
+        layers.append(nn.Linear(n_in, n_out))
+    return nn.Sequential(*layers)
