@@ -216,6 +216,44 @@ def test_empty_single_and_identical_boxes(backend, method):
         assert keep[0].item() == 1 and len(keep) == kept_boxes[method]
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_layouts_that_stress_the_grid(backend, method):
+    """The compiled kernel compares a box only with the boxes of nearby grid cells; these
+    layouts would expose a cell bound that is too tight (or a grid that blows up)."""
+    g = torch.Generator().manual_seed(0)
+    b, s = scene(0, n_objects=12)
+    n = len(s)
+    huge = torch.cat([b, torch.tensor([[-50.0, -40.0, 260.0, 230.0]])]), torch.cat([s, torch.tensor([0.95])])
+    spread = b + torch.randint(0, 40, (n, 2), generator=g).repeat(1, 2) * 1000.0  # mostly empty cells
+    far_and_small = b * 0.01 + 1e5  # float32 corners 0.008 apart: coarse rounding
+    one_column = b.clone()
+    one_column[:, [0, 2]] = b[:, [0, 2]] - b[:, :1] + 3.0  # all x1 equal
+    flat = b.clone()
+    flat[:, [1, 3]] = 7.0  # zero-height boxes: no box interacts
+    for boxes, scores in (huge, (spread, s), (far_and_small, s), (b - 1000.0, s), (one_column, s),
+                          (flat, s)):
+        assert_same_as_reference(boxes, scores, method=method)
+        assert_same_as_reference(boxes.double(), scores.double(), method=method, score_threshold=0.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_many_classes_and_strided_inputs(backend, method):
+    b, s = scene(4, n_objects=12)
+    idxs = torch.randint(40, (len(s),), generator=torch.Generator().manual_seed(4), dtype=torch.int32)
+    keep, kept = batched_soft_nms(b, s, idxs, method=method)
+    for c in idxs.unique().tolist():
+        members = torch.nonzero(idxs == c).flatten()
+        class_keep, class_kept = soft_nms(b[members], s[members], method=method)
+        in_class = idxs[keep] == c
+        assert torch.equal(keep[in_class], members[class_keep])
+        assert torch.equal(kept[in_class], class_kept)
+    strided = torch.cat([b, b], 1)[:, ::2], s.repeat_interleave(2)[::2]  # views, not contiguous
+    strided[0][:] = b  # (the same values)
+    assert not strided[0].is_contiguous() and not strided[1].is_contiguous()
+    for ours, expected in zip(soft_nms(*strided, method=method), soft_nms(b, s, method=method)):
+        assert torch.equal(ours, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("method", METHODS)
 def test_half_precision_inputs_computed_in_float32(backend, dtype, method):

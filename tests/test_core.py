@@ -246,3 +246,16 @@ def test_mlp_builder_layers_and_errors():
     for bad in [(4,), (4, 0, 2), (4, 2.5, 2)]:
         with pytest.raises(ValueError):
             tricklib.mlp(*bad)
+
+
+def test_median_times_ms_orders_work_and_rejects_bad_arguments():
+    calls = []
+    fast, slow = (lambda: calls.append(sum(range(1_000)))), (lambda: sum(range(200_000)))
+    fast_ms, slow_ms = tricklib.median_times_ms([fast, slow], rounds=2, repeats=3, warmup=1)
+    assert 0 < fast_ms < slow_ms
+    assert len(calls) == 1 + 2 * 3  # warm-up, then rounds x repeats
+    for bad in ({"rounds": 0}, {"repeats": 1.5}, {"warmup": -1}, {"rounds": True}):
+        with pytest.raises(ValueError):
+            tricklib.median_times_ms([fast], **bad)
+    with pytest.raises(TypeError):
+        tricklib.median_times_ms([1.0])

@@ -17,7 +17,8 @@ from .harness import Callback, History, Snapshots, TrainState, accuracy, batches
 from .knobs import Knob, knob
 from .losses import focal_loss, reduce_loss
 from .models import mlp
-from .measure import Comparison, Paired, calibration_bins, compare, expected_calibration_error
+from .measure import (Comparison, Paired, calibration_bins, compare, expected_calibration_error,
+                      median_times_ms)
 from .optim import adam_step, flood, param_groups
 from .regularize import label_smoothing_cross_entropy, logit_gap, optimal_logit_gap, smooth_labels
 from .runtime import by_scale, get_device, get_scale, seed_everything
@@ -41,7 +42,8 @@ __all__ = [
     "SHAPE_CLASSES", "Callback", "Comparison", "History", "Knob", "Paired", "Shapes", "Snapshots", "TrainState",
     "accuracy", "bars", "batches", "by_scale", "calibration_bins", "compare", "cosine", "digits", "draw_boxes",
     "ensemble_probs", "evaluate", "expected_calibration_error", "fit", "focal_loss", "get_device", "get_scale",
-    "knob", "label_smoothing_cross_entropy", "logit_gap", "make_imbalanced", "optimal_logit_gap", "paired_diffs",
+    "knob", "label_smoothing_cross_entropy", "logit_gap", "make_imbalanced", "median_times_ms", "optimal_logit_gap",
+    "paired_diffs",
     "plot_curves", "plot_schedules", "predict", "reduce_loss", "reliability_diagram", "render_shapes",
     "restart_steps", "seed_everything", "sgdr", "shapes", "smooth_labels", "split", "step_decay", "toy_2d",
     # schedules (warm-up, scaling, checks) and precision (Part 2)

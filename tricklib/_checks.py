@@ -28,7 +28,8 @@ def check_tensor(name: str, x: object, *, ndim: int | None = None,
 def check_same_device(**tensors: torch.Tensor) -> None:
     """Check that all given tensors live on one device."""
     devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
+    first = next(iter(devices.values()), None)
+    if any(device != first for device in devices.values()):
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"tensors must be on the same device, got {listed}")
 

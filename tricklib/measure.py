@@ -4,9 +4,12 @@
 returns a :class:`Comparison` with a tidy table. :meth:`Comparison.paired`
 reports the per-seed difference trick − baseline and calls an effect *clear*
 only when every seed agrees in sign; otherwise it says *within noise*.
+:func:`median_times_ms` times functions against each other (warm medians).
 """
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,3 +182,41 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
         raise ValueError("ECE of an empty set is undefined")
     gap = (bins["accuracy"] - bins["confidence"]).abs()
     return float((bins["count"] * gap).sum() / len(labels))
+
+
+def median_times_ms(functions: Sequence[Callable[[], object]], *, rounds: int = 5, repeats: int = 20,
+                    warmup: int = 3, device: torch.device | str | None = None) -> list[float]:
+    """Warm median running time of each function, in milliseconds.
+
+    Each function is called ``warmup`` times first (compilation, caches), then ``repeats``
+    times back to back, in ``rounds`` rounds that take turns, so that a machine busy with
+    other work slows every function alike; the result is the median of the
+    ``rounds * repeats`` samples. With torch on one CPU thread, the clock is the calling
+    thread's CPU time (time spent waiting for a core does not count); otherwise it is
+    wall-clock time, with CUDA synchronised before and after each call on a CUDA ``device``.
+    """
+    functions = list(functions)
+    for name, value in (("rounds", rounds), ("repeats", repeats), ("warmup", warmup)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "warmup" else 1):
+            raise ValueError(f"{name} must be an integer >= {0 if name == 'warmup' else 1}, got {value!r}")
+    if not all(callable(function) for function in functions):
+        raise TypeError("functions must be callables taking no arguments")
+    device = torch.device("cpu" if device is None else device)
+    synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
+    def timed(function: Callable[[], object]) -> float:
+        synchronise()
+        start = clock()
+        function()
+        synchronise()
+        return 1e3 * (clock() - start)
+
+    for function in functions:
+        for _ in range(warmup):
+            function()
+    samples: list[list[float]] = [[] for _ in functions]
+    for _ in range(rounds):
+        for function, times in zip(functions, samples):
+            times.extend(timed(function) for _ in range(repeats))
+    return [statistics.median(times) for times in samples]
