@@ -3,7 +3,7 @@
     python -m benchmarks.soft_nms [--threads 1] [--device cpu|cuda] [--rounds 5] [--repeats 20]
                                   [--sizes 500 2000 10000] [--per-object 20] [--classes 20]
 
-Scenes: ``crowded_scene`` + ``simulate_detections`` (``--per-object`` proposals per object,
+Scenes: ``tricklib.boxes.crowded_detections`` (``--per-object`` proposals per object,
 0.2 false positives per object) at constant crowd density (25 objects per 512 x 512
 pixels: the image grows with the number of boxes). Rows ``linear`` and ``gaussian`` time
 ``soft_nms`` against ``torchvision.ops.nms`` (IoU threshold 0.3); row ``batched`` times
@@ -23,7 +23,6 @@ Measured figures are in ``benchmarks/README.md``.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 
@@ -32,18 +31,8 @@ import torchvision
 
 import tricklib.boxes as boxes_module
 from tests.test_boxes import soft_nms_reference
-from tricklib.boxes import batched_soft_nms, crowded_scene, simulate_detections, soft_nms
+from tricklib.boxes import batched_soft_nms, crowded_detections, soft_nms
 from tricklib.measure import median_times_ms
-
-
-def benchmark_scene(n_boxes: int, per_object: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """About ``n_boxes`` proposals around ``n_boxes / per_object`` objects, 25 per 512 x 512 pixels."""
-    objects = max(1, n_boxes // per_object)
-    grow = math.sqrt(objects / 25)
-    generator = torch.Generator().manual_seed(seed)
-    gt = crowded_scene(objects, round(512 * grow), object_size=(0.04 / grow, 0.12 / grow),
-                       generator=generator)
-    return simulate_detections(gt, per_object=per_object, generator=generator)
 
 
 def without_numba(function):
@@ -88,7 +77,8 @@ def main() -> None:
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("---" for _ in columns) + "|")
     for size in args.sizes:
-        boxes, scores = benchmark_scene(size, args.per_object)
+        boxes, scores = crowded_detections(size, per_object=args.per_object,
+                                           generator=torch.Generator().manual_seed(0))
         classes = torch.randint(args.classes, (len(scores),), generator=torch.Generator().manual_seed(size))
         boxes, scores, classes = boxes.to(device), scores.to(device), classes.to(device)
         calls = {"linear": lambda: soft_nms(boxes, scores, method="linear"),

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 import tricklib.boxes as boxes_module
-from tricklib.boxes import (average_precision, batched_soft_nms, box_iou, crowded_scene,
+from tricklib.boxes import (average_precision, batched_soft_nms, box_iou, crowded_detections, crowded_scene,
                             detection_metrics, simulate_detections, soft_nms)
 
 METHODS = ("linear", "gaussian", "hard")
@@ -416,3 +416,19 @@ def test_simulate_detections_shape_and_determinism():
     assert torch.equal(b, b2) and torch.equal(s, s2)
     with pytest.raises(ValueError):
         simulate_detections(gt, per_object=0)
+
+
+def test_crowded_detections_size_density_and_errors():
+    for n in (1, 60, 500, 2000):
+        b, s = crowded_detections(n, generator=torch.Generator().manual_seed(0))
+        objects = max(1, n // 20)
+        assert len(b) == len(s) == objects * 20 + round(0.2 * objects)
+    small, _ = crowded_detections(500, generator=torch.Generator().manual_seed(0))
+    large, _ = crowded_detections(2000, generator=torch.Generator().manual_seed(0))
+    area = lambda b: ((b[:, 2:].max(0).values - b[:, :2].min(0).values).prod() / len(b)).item()
+    assert 0.5 < area(large) / area(small) < 2  # the image grows with the crowd: same density
+    again, _ = crowded_detections(500, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(small, again)
+    for bad in ({"n_boxes": 0}, {"n_boxes": 10, "per_object": 0}, {"n_boxes": 2.5}):
+        with pytest.raises(ValueError):
+            crowded_detections(**bad)

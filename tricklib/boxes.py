@@ -727,6 +727,27 @@ def simulate_detections(gt_boxes: torch.Tensor, *, per_object: int = 20, jitter:
     return proposals[shuffle].float(), scores[shuffle].float()
 
 
+def crowded_detections(n_boxes: int, *, per_object: int = 20,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """About ``n_boxes`` proposals at a fixed crowd density, for timing NMS at any size.
+
+    :func:`crowded_scene` with ``n_boxes // per_object`` objects (at least one) at 25
+    objects per 512 x 512 pixels (the image grows with the number of objects, from 512 x
+    512 for 25 or fewer; object sizes 4-12% of a 512-pixel side), then :func:`simulate_detections` with ``per_object``
+    proposals each. Used by ``benchmarks/soft_nms.py`` and the Soft-NMS chapter.
+
+    Returns:
+        ``(boxes, scores)`` as :func:`simulate_detections` returns them.
+    """
+    for name, value in (("n_boxes", n_boxes), ("per_object", per_object)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    objects = max(1, n_boxes // per_object)
+    grow = math.sqrt(max(objects, 25) / 25)
+    gt = crowded_scene(objects, round(512 * grow), object_size=(0.04 / grow, 0.12 / grow), generator=generator)
+    return simulate_detections(gt, per_object=per_object, generator=generator)
+
+
 def _check_interval(name: str, value: object, low: float, high: float) -> None:
     """Check a ``(low, high)`` pair inside the open interval ``(low, high)``."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
