@@ -2,6 +2,7 @@
 and the COCO-style evaluator (against pycocotools)."""
 import contextlib
 import io
+import math
 
 import numpy as np
 import pytest
@@ -123,6 +124,50 @@ def test_backends_give_identical_results(monkeypatch):
         torch.testing.assert_close(kept, ref_kept, rtol=1e-5, atol=0)
 
 
+def test_backends_agree_on_a_large_crowd(monkeypatch):
+    """2,000 crowded boxes: long runs of cells, done boxes moved out of their strips, strips
+    skipped. The compiled kernel and the torch rounds agree bit for bit, and keep what the
+    sequential loop keeps."""
+    if boxes_module.numba is None:
+        pytest.skip("numba is not installed")
+    b, s = crowded_detections(2000, generator=torch.Generator().manual_seed(0))
+    idxs = torch.randint(5, (len(s),), generator=torch.Generator().manual_seed(1))
+    calls = [lambda m=m: soft_nms(b, s, method=m) for m in METHODS]
+    calls.append(lambda: batched_soft_nms(b, s, idxs, method="gaussian"))
+    compiled = [call() for call in calls]
+    monkeypatch.setattr(boxes_module, "numba", None)
+    for (keep, kept), call in zip(compiled, calls):
+        keep_torch, kept_torch = call()
+        assert torch.equal(keep, keep_torch) and torch.equal(kept, kept_torch)
+    for method, (keep, _) in zip(("linear", "gaussian"), compiled):
+        assert torch.equal(keep, soft_nms_reference(b, s, method=method)[0])
+
+
+def test_compiled_exp_rounds_like_libm():
+    """The kernel's own exp (a polynomial, so that its loop vectorises) rounds to float32
+    exactly as libm's exp does, and is within 2 ulp of it in float64."""
+    if boxes_module.numba is None:
+        pytest.skip("numba is not installed")
+    numba = boxes_module.numba
+
+    @numba.njit
+    def both(x):
+        ours, libm = np.empty_like(x), np.empty_like(x)
+        for t in range(x.shape[0]):
+            ours[t], libm[t] = boxes_module._exp_negative(x[t]), math.exp(x[t])
+        return ours, libm
+
+    g = np.random.default_rng(0)
+    iou = g.random(10**6).astype(np.float32).astype(np.float64)
+    x = np.concatenate([(iou * iou) * scale for scale in (-2.0, -1 / 0.1, -1 / 0.01)]
+                       + [-200 * g.random(10**5), -g.random(10**5) * 1e-6,
+                          [0.0, -0.0, -5e-324, -1e-300, -87.3, -103.9, -104.0, -150.0, -200.0, -1e4]])
+    ours, libm = both(x)
+    assert np.array_equal(ours.astype(np.float32), libm.astype(np.float32))
+    normal = x >= -200  # (below, ours stops at exp(-200): still 0 in float32)
+    np.testing.assert_allclose(ours[normal], libm[normal], rtol=4.5e-16, atol=0)
+
+
 def test_selection_order_is_score_then_index(backend):
     b, s = scene(3, quantized=True)
     idxs = torch.randint(3, (len(s),), generator=torch.Generator().manual_seed(3))
@@ -214,6 +259,14 @@ def test_empty_single_and_identical_boxes(backend, method):
                                   (0.001, {"linear": 1, "gaussian": 3, "hard": 1})):
         keep, _ = assert_same_as_reference(same, scores, method=method, score_threshold=threshold)
         assert keep[0].item() == 1 and len(keep) == kept_boxes[method]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_negative_zero_scores_tie_with_zero(backend, method):
+    b, s = scene(5)
+    s[::3] = 0.0
+    s[1::3] = -0.0  # equal to 0.0: ties broken by index, as argmax does
+    assert_same_as_reference(b, s, method=method, score_threshold=0.0)
 
 
 @pytest.mark.parametrize("method", METHODS)

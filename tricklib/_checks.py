@@ -27,11 +27,13 @@ def check_tensor(name: str, x: object, *, ndim: int | None = None,
 
 def check_same_device(**tensors: torch.Tensor) -> None:
     """Check that all given tensors live on one device."""
-    devices = {name: t.device for name, t in tensors.items()}
-    first = next(iter(devices.values()), None)
-    if any(device != first for device in devices.values()):
-        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"tensors must be on the same device, got {listed}")
+    first = None
+    for tensor in tensors.values():
+        if first is None:
+            first = tensor.device
+        elif tensor.device != first:
+            listed = ", ".join(f"{n} on {t.device}" for n, t in tensors.items())
+            raise ValueError(f"tensors must be on the same device, got {listed}")
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:

@@ -168,7 +168,7 @@ def _soft_nms(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method
     check_range("sigma", sigma, 0.0, low_open=True)
     check_range("score_threshold", score_threshold, 0.0)
     check_choice("method", method, SOFT_NMS_METHODS)
-    if numba is not None and boxes.device.type == "cpu":
+    if numba is not None and boxes.is_cpu:
         return _soft_nms_numba(boxes, scores, idxs, iou_threshold, sigma, score_threshold, method)
 
     _check_box_values("boxes", boxes)
@@ -214,10 +214,10 @@ def _soft_nms_rounds(boxes, scores, idxs, order, lo, hi, iou_threshold, sigma, s
     if method == "linear":
         factor = 1 - iou
     elif method == "gaussian":
-        # the weight is evaluated in float64 and rounded once, so that the compiled
-        # kernel (which calls another exp) gets the same bits
+        # the weight is evaluated in float64 (iou * iou is exact there) and rounded once, so
+        # that the compiled kernel (which computes exp otherwise) gets the same bits
         iou = iou.double()
-        factor = torch.exp(-(iou * iou) / sigma).to(boxes.dtype)
+        factor = torch.exp((iou * iou) * (-1.0 / sigma)).to(boxes.dtype)
     else:
         factor = None
     return _select_rounds(scores, pair_i, pair_j, factor, score_threshold)
@@ -303,17 +303,6 @@ def _select_rounds(scores, pair_i, pair_j, factor, score_threshold):
 
 if numba is not None:
 
-    @numba.njit(cache=True, inline="always")
-    def _best_of(values, low, size):
-        # the largest of values[low:low + size] and its first position (lowest index on ties)
-        best = values[low]
-        for t in range(low + 1, low + size):
-            best = max(best, values[t])
-        t = low
-        while values[t] != best:
-            t += 1
-        return best, t
-
     @numba.njit(cache=True)
     def _input_problem(boxes, scores):
         # 0 if valid, else the first failing check: 1 boxes not finite, 2 a box with
@@ -331,10 +320,84 @@ if numba is not None:
             finite &= np.isfinite(scores[b])
         return 0 if finite else 3
 
+    @numba.njit(cache=True, inline="always")
+    def _exp_negative(x):
+        # exp(x) for x <= 0 in float64, within 2 ulp, branch-free so that a loop calling it
+        # vectorises (libm's exp does not): exp(x) = 2^k exp(r) with r = x - k ln 2 in
+        # [-ln 2 / 2, ln 2 / 2] (ln 2 split in two parts, so k ln 2 is exact) and exp(r) as its
+        # Taylor polynomial of degree 13 (truncation error < 1e-17). Rounded to float32 it gives
+        # exp's float32 value (tests/test_boxes.py checks this on 10^6 arguments).
+        x = max(x, -200.0)  # far below float32's smallest value; keeps 2^k a normal float64
+        k = math.floor(x * 1.4426950408889634 + 0.5)
+        r = (x - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10
+        p = 1.0 / 6227020800.0  # 1 / 13!, then Horner's rule down to 1 / 0!
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+        p = p * r + 1.0 / 720.0
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        p = p * r + 1.0
+        p = p * r + 1.0
+        return p * np.int64((np.int64(k) + 1023) << 52).view(np.float64)
+
+    @numba.njit(cache=True, inline="always")
+    def _largest(values):
+        best = values[0]
+        for u in range(1, values.shape[0]):
+            best = max(best, values[u])
+        return best
+
+    @numba.njit(cache=True, inline="always")
+    def _overlap(px1, py1, px2, py2, area, x1, y1, x2, y2, other_area, zero):
+        # IoU with the operations of _pair_iou (bit for bit); 0 / 0 = nan for zero-area boxes
+        w = max(min(px2, x2) - max(px1, x1), zero)
+        h = max(min(py2, y2) - max(py1, y1), zero)
+        inter = w * h
+        return inter / (area + other_area - inter)
+
+    @numba.njit(cache=True, inline="always")
+    def _settle(score, x2, v, new_score, score_threshold):
+        # score[v] = new_score, branch-free; a box that falls below the threshold is done: its
+        # score becomes -inf and its x2 -inf, so that it overlaps nothing. Returns whether it is done.
+        done = new_score < score_threshold
+        score[v] = -np.inf if done else new_score
+        x2[v] = -np.inf if done else x2[v]
+        return done
+
+    @numba.njit(cache=True)
+    def _compact(row, columns, begins, slot_of, sx1, sy1, sx2, sy2, sarea, score, snode, slabel):
+        # Moves the live boxes of one strip (cell starts begins[row:row + columns + 1]) to its
+        # front, cell by cell and in order; the slots left behind become done. Returns the
+        # slots that changed.
+        low, high = begins[row], begins[row + columns]
+        write = low
+        for column in range(columns):
+            first, last = begins[row + column], begins[row + column + 1]
+            begins[row + column] = write
+            for v in range(first, last):
+                if score[v] != -np.inf:
+                    sx1[write], sy1[write], sx2[write], sy2[write] = sx1[v], sy1[v], sx2[v], sy2[v]
+                    sarea[write], score[write], slabel[write] = sarea[v], score[v], slabel[v]
+                    snode[write] = snode[v]
+                    slot_of[snode[v]] = write
+                    write += 1
+        begins[row + columns] = write
+        score[write:high] = -np.inf
+        sx2[write:high] = -np.inf
+        return low, high
+
     @numba.njit(cache=True, error_model="numpy")
-    def _soft_nms_kernel(boxes, all_scores, all_labels, method, iou_threshold, sigma, score_threshold):
+    def _soft_nms_kernel(boxes, all_scores, all_labels, method, iou_threshold, gaussian_scale,
+                         score_threshold, key_like):
         # Returns (problem, keep, kept): problem is _input_problem's code, 0 if the input is valid.
-        # all_labels: one class per box, or empty for one class.
+        # all_labels: one class per box, or empty for one class. gaussian_scale = -1 / sigma.
+        # key_like: an empty integer array as wide as the boxes' float type.
         problem = _input_problem(boxes, all_scores)
         candidates = np.flatnonzero(all_scores.astype(np.float64) >= score_threshold)
         n = candidates.shape[0]
@@ -343,23 +406,18 @@ if numba is not None:
             return problem, candidates, scores
         dtype = boxes.dtype.type
         zero, one = dtype(0), dtype(1)
-        x1, y1 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
-        x2, y2 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
-        for c in range(n):
-            b = candidates[c]
-            x1[c], y1[c], x2[c], y2[c] = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3]
         several = all_labels.shape[0] > 0
         labels = all_labels[candidates] if several else np.zeros(n, np.int64)
         several = several and labels.min() != labels.max()
 
         # A grid in float64: strips by y1, columns by x1, and every box in the cell of its
         # top-left corner. Classes are moved apart along x, so that a cell holds one class.
-        # The boxes that may overlap a box lie in a few runs of cells (those whose corner
-        # can be within one box size of it): only they are ever compared with it.
+        # The boxes that may overlap a box lie in one run of cells per strip (those whose
+        # corner can be within one box size of it): only they are ever compared with it.
         shift = np.zeros(n)
         if several:
             by_label = np.argsort(labels)
-            span = float(x2.max()) - float(x1.min()) + 1.0
+            span = float(boxes[:, 2].max()) - float(boxes[:, 0].min()) + 1.0
             rank = 0
             for r in range(1, n):
                 rank += labels[by_label[r]] != labels[by_label[r - 1]]
@@ -367,114 +425,160 @@ if numba is not None:
         x_low, x_high, y_low, y_high = np.inf, -np.inf, np.inf, -np.inf
         widths, heights, tallest = 0.0, 0.0, 0.0
         for c in range(n):
-            x, y = float(x1[c]) + shift[c], float(y1[c])
+            b = candidates[c]
+            x, y = float(boxes[b, 0]) + shift[c], float(boxes[b, 1])
             x_low, x_high, y_low, y_high = min(x_low, x), max(x_high, x), min(y_low, y), max(y_high, y)
-            width, height = float(x2[c]) - float(x1[c]), float(y2[c]) - float(y1[c])
+            width, height = float(boxes[b, 2]) - float(boxes[b, 0]), float(boxes[b, 3]) - float(boxes[b, 1])
             widths, heights, tallest = widths + width, heights + height, max(tallest, height)
         # strips about one box high; narrow columns (a run of them is as cheap as one cell),
-        # at most 2 sqrt(n) + 1 strips and 8 n cells in all
+        # at most 2 sqrt(n) + 1 strips and 4 n cells in all
         cell_height = max(heights / n, (y_high - y_low) / (2 * math.sqrt(n)), 1e-300)
         strips = int((y_high - y_low) / cell_height) + 1
-        cell_width = max(widths / n / 8, (x_high - x_low) * strips / (8 * n), 1e-300)
+        cell_width = max(widths / n / 4, (x_high - x_low) * strips / (4 * n), 1e-300)
         columns = int((x_high - x_low) / cell_width) + 1
+        # (cells are found by multiplying with the inverse: monotone, like the division)
+        per_height, per_width = 1.0 / cell_height, 1.0 / cell_width
         cell_of = np.empty(n, np.int64)
         start = np.zeros(strips * columns + 1, np.int64)
+        reach = np.zeros(strips)  # the widest box of each strip
+        bottom = np.full(strips, -np.inf)  # and the largest y2
         for c in range(n):
-            column = min(int((float(x1[c]) + shift[c] - x_low) / cell_width), columns - 1)
-            strip = min(int((float(y1[c]) - y_low) / cell_height), strips - 1)
+            b = candidates[c]
+            column = min(int((float(boxes[b, 0]) + shift[c] - x_low) * per_width), columns - 1)
+            strip = min(int((float(boxes[b, 1]) - y_low) * per_height), strips - 1)
             cell_of[c] = strip * columns + column
             start[cell_of[c] + 1] += 1
+            reach[strip] = max(reach[strip], float(boxes[b, 2]) - float(boxes[b, 0]))
+            bottom[strip] = max(bottom[strip], float(boxes[b, 3]))
         for cell in range(strips * columns):
             start[cell + 1] += start[cell]
-        # the boxes cell by cell (in index order within a cell); slots are positions in it
-        fill = start[:-1].copy()
-        slot_of = np.empty(n, np.int64)
-        sx1, sy1 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
-        sx2, sy2 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
-        sarea = np.empty(n, boxes.dtype)
-        snode = np.empty(n, np.int64)
-        reach = np.zeros(strips)  # the widest box of each strip
-        for c in range(n):
-            slot = fill[cell_of[c]]
-            fill[cell_of[c]] += 1
-            slot_of[c], snode[slot] = slot, c
-            sx1[slot], sy1[slot], sx2[slot], sy2[slot] = x1[c], y1[c], x2[c], y2[c]
-            sarea[slot] = (x2[c] - x1[c]) * (y2[c] - y1[c])
-            strip = cell_of[c] // columns
-            reach[strip] = max(reach[strip], float(x2[c]) - float(x1[c]))
+        # Per strip, where each of its cells starts and (last) where its boxes end: the
+        # strip's done boxes can be moved out of that range (_compact).
+        row = columns + 1
+        begins = np.empty(strips * row, np.int64)
+        for strip in range(strips):
+            begins[strip * row:strip * row + row] = start[strip * columns:strip * columns + row]
 
-        # Current scores in blocks, each block's best (score, index) cached; a selected or
-        # dropped box scores -inf.
-        bits = max(3, int(round(math.log2(math.sqrt(n)) - 0.5)))  # about sqrt(n) / 1.4
+        # The boxes cell by cell (in index order within a cell) in slots: a run of cells is
+        # a range of slots. The current scores are split into blocks of slots, each block's
+        # largest score cached. The slot arrays are padded (with done boxes) to whole blocks
+        # and one more vector.
+        bits = max(3, int(round(math.log2(math.sqrt(n)) + 0.5)))  # blocks of about 1.4 sqrt(n)
         size = 1 << bits
         blocks = (n + size - 1) // size
-        score = np.full(blocks * size, -np.inf, boxes.dtype)
-        score[:n] = scores
-        block_best = np.empty(blocks, boxes.dtype)
-        block_node = np.empty(blocks, np.int64)
+        slots = blocks * size + 8
+        fill = start[:-1]
+        slot_of = np.empty(n, np.int64)
+        sx1, sy1 = np.zeros(slots, boxes.dtype), np.zeros(slots, boxes.dtype)
+        sx2, sy2 = np.full(slots, -np.inf, boxes.dtype), np.full(slots, -np.inf, boxes.dtype)
+        sarea = np.full(slots, np.inf, boxes.dtype)
+        score = np.full(slots, -np.inf, boxes.dtype)
+        snode = np.full(slots, n, np.int64)
+        slabel = np.zeros(slots, np.int64)
+        for c in range(n):
+            b = candidates[c]
+            slot = fill[cell_of[c]]
+            fill[cell_of[c]] += 1
+            slot_of[c], snode[slot], slabel[slot] = slot, c, labels[c]
+            sx1[slot], sy1[slot], sx2[slot], sy2[slot] = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3]
+            sarea[slot] = (boxes[b, 2] - boxes[b, 0]) * (boxes[b, 3] - boxes[b, 1])
+            score[slot] = scores[c] + zero  # (-0.0 becomes 0.0)
+        # Scores are >= 0 or -inf (done), so as integers their bits sort like them: the
+        # maxima are taken on integers, which vectorise better.
+        key = score.view(key_like.dtype)
+        block_best = np.empty(blocks, key_like.dtype)
         for block in range(blocks):
-            block_best[block], block_node[block] = _best_of(score, block * size, size)
+            block_best[block] = _largest(key[block * size:block * size + size])
 
         min_iou = 0.0 if method == 1 else iou_threshold
-        iou = np.empty(n, boxes.dtype)
-        hits = np.empty(n, np.int64)
+        float32 = boxes.itemsize == 4
         selected = np.empty(n, np.int64)
         kept = np.empty(n, boxes.dtype)
         k = 0
         while True:
-            best, block = _best_of(block_best, 0, blocks)
+            # the best box: highest score, ties the lowest index (as argmax); almost always
+            # one block holds the highest score
+            top = _largest(block_best)
+            first_block, count = blocks, 0
+            for block in range(blocks):
+                first_block = min(first_block, block if block_best[block] == top else blocks)
+                count += block_best[block] == top
+            i = n
+            for block in range(first_block, blocks if count > 1 else first_block + 1):
+                keys, nodes = key[block * size:block * size + size], snode[block * size:block * size + size]
+                for u in range(size):
+                    i = min(i, nodes[u] if keys[u] == top else i)
+            best = score[slot_of[i]]
             if best < score_threshold:
                 break
-            i = block_node[block]
             selected[k], kept[k] = i, best
             k += 1
-            score[i] = -np.inf
-            block_best[block], block_node[block] = _best_of(score, block * size, size)
             p = slot_of[i]
-            px1, py1, px2, py2, area = sx1[p], sy1[p], sx2[p], sy2[p], sarea[p]
-            sx2[p] = -np.inf  # a done box overlaps nothing
-            # the cells whose boxes can overlap box i (bounds loosened against rounding)
+            px1, py1, px2, py2, area, label = sx1[p], sy1[p], sx2[p], sy2[p], sarea[p], slabel[p]
+            score[p], sx2[p] = -np.inf, -np.inf  # a done box overlaps nothing
+            block = p >> bits
+            block_best[block] = _largest(key[block * size:block * size + size])
+            # the runs of cells whose boxes can overlap box i (bounds loosened against rounding)
             x, y = float(px1) + shift[i], float(py1)
             slack = 1e-9 * (abs(x) + abs(y) + tallest + cell_width + cell_height)
-            first = int(min(max((y - tallest - slack - y_low) / cell_height, 0.0), strips - 1))
-            last = int(min(max((float(py2) + slack - y_low) / cell_height, 0.0), strips - 1))
-            right = int(min(max((x + (float(px2) - float(px1)) + slack - x_low) / cell_width, 0.0),
+            first = int(min(max((y - tallest - slack - y_low) * per_height, 0.0), strips - 1))
+            last = int(min(max((float(py2) + slack - y_low) * per_height, 0.0), strips - 1))
+            right = int(min(max((x + (float(px2) - float(px1)) + slack - x_low) * per_width, 0.0),
                                 columns - 1))
             for strip in range(first, last + 1):
-                left = int(min(max((x - reach[strip] - slack - x_low) / cell_width, 0.0), columns - 1))
-                begin, end = start[strip * columns + left], start[strip * columns + right + 1]
-                for v in range(begin, end):  # branch-free, as _pair_iou (bit for bit)
-                    w = max(min(px2, sx2[v]) - max(px1, sx1[v]), zero)
-                    h = max(min(py2, sy2[v]) - max(py1, sy1[v]), zero)
-                    inter = w * h
-                    iou[v - begin] = inter / (area + sarea[v] - inter)
-                # the boxes that interact with i (0 / 0 = nan for zero-area boxes fails the test)
-                m = 0
-                if several:
-                    for v in range(begin, end):
-                        hits[m] = v
-                        m += 1 if (iou[v - begin] > min_iou) & (labels[snode[v]] == labels[i]) else 0
-                else:
-                    for v in range(begin, end):
-                        hits[m] = v
-                        m += 1 if iou[v - begin] > min_iou else 0
-                for v in hits[:m]:
-                    j = snode[v]
-                    if method == 2:  # hard
-                        score[j] = -np.inf
-                    elif method == 0:  # linear
-                        score[j] *= one - iou[v - begin]
-                    else:  # gaussian, the weight rounded from float64 as in _soft_nms_rounds
-                        overlap = np.float64(iou[v - begin])
-                        score[j] *= dtype(math.exp(-(overlap * overlap) / sigma))
-                    if score[j] < score_threshold:
-                        score[j] = -np.inf
-                        sx2[v] = -np.inf
-                for v in hits[:m]:  # blocks whose best box was decayed
-                    j = snode[v]
-                    block = j >> bits
-                    if block_node[block] == j:
-                        block_best[block], block_node[block] = _best_of(score, block * size, size)
+                if bottom[strip] <= float(py1):  # no box of the strip reaches down to box i
+                    continue
+                left = int(min(max((x - reach[strip] - slack - x_low) * per_width, 0.0), columns - 1))
+                begin, end = begins[strip * row + left], begins[strip * row + right + 1]
+                if begin == end:
+                    continue
+                # Every box of the run, branch-free, in whole vectors of 8 (lanes past the
+                # end change nothing); unsigned indices (never wrapped around) let these
+                # loops vectorise. A box interacts with i if their IoU > min_iou (same class).
+                low, high = np.uint64(begin), np.uint64(end)
+                stop = np.uint64(begin + ((end - begin + 7) & -8))
+                hits, done = 0, 0
+                if method == 0:  # linear
+                    for v in range(low, stop):
+                        overlap = _overlap(px1, py1, px2, py2, area, sx1[v], sy1[v], sx2[v], sy2[v],
+                                           sarea[v], zero)
+                        hit = (overlap > min_iou) & (slabel[v] == label) & (v < high)
+                        hits += hit
+                        decayed = score[v] * (one - overlap) if hit else score[v]
+                        done += _settle(score, sx2, v, decayed, score_threshold) & (v < high)
+                elif method == 2:  # hard
+                    for v in range(low, stop):
+                        overlap = _overlap(px1, py1, px2, py2, area, sx1[v], sy1[v], sx2[v], sy2[v],
+                                           sarea[v], zero)
+                        hit = (overlap > min_iou) & (slabel[v] == label) & (v < high)
+                        hits += hit
+                        done += _settle(score, sx2, v, -np.inf if hit else score[v], score_threshold) & (v < high)
+                elif float32:  # gaussian, the weight evaluated in float64 and rounded as in _soft_nms_rounds
+                    for v in range(low, stop):
+                        overlap = _overlap(px1, py1, px2, py2, area, sx1[v], sy1[v], sx2[v], sy2[v],
+                                           sarea[v], zero)
+                        hit = (overlap > min_iou) & (slabel[v] == label) & (v < high)
+                        hits += hit
+                        wide = np.float64(overlap)
+                        weight = dtype(_exp_negative((wide * wide) * gaussian_scale))
+                        decayed = score[v] * weight if hit else score[v]
+                        done += _settle(score, sx2, v, decayed, score_threshold) & (v < high)
+                else:  # gaussian in float64, with libm's exp
+                    for v in range(low, stop):
+                        overlap = _overlap(px1, py1, px2, py2, area, sx1[v], sy1[v], sx2[v], sy2[v],
+                                           sarea[v], zero)
+                        hit = (overlap > min_iou) & (slabel[v] == label) & (v < high)
+                        hits += hit
+                        weight = math.exp((overlap * overlap) * gaussian_scale)
+                        decayed = score[v] * weight if hit else score[v]
+                        done += _settle(score, sx2, v, decayed, score_threshold) & (v < high)
+                if hits == 0:
+                    continue
+                if 2 * done > end - begin and end - begin >= 16:  # mostly done: move them out
+                    begin, end = _compact(strip * row, columns, begins, slot_of, sx1, sy1, sx2, sy2,
+                                          sarea, score, snode, slabel)
+                for block in range(begin >> bits, ((end - 1) >> bits) + 1):
+                    block_best[block] = _largest(key[block * size:block * size + size])
         return 0, candidates[selected[:k]], kept[:k]
 
 
@@ -486,7 +590,7 @@ def _soft_nms_numba(boxes, scores, idxs, iou_threshold, sigma, score_threshold, 
     labels = _NO_LABELS if idxs is None else _as_array(idxs, torch.int64)
     problem, keep, kept = _soft_nms_kernel(_as_array(boxes, dtype), _as_array(scores, dtype), labels,
                                            SOFT_NMS_METHODS.index(method), float(iou_threshold),
-                                           float(sigma), float(score_threshold))
+                                           -1.0 / sigma, float(score_threshold), _KEY_LIKE[dtype])
     if problem:
         raise ValueError(("boxes must be finite (no NaN or inf)",
                           "boxes must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1",
@@ -497,13 +601,16 @@ def _soft_nms_numba(boxes, scores, idxs, iou_threshold, sigma, score_threshold, 
 
 def _as_array(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     """``x`` as a C-contiguous numpy array of ``dtype``, without a copy where none is needed."""
-    x = x.detach()
+    if x.requires_grad:
+        x = x.detach()
     if x.dtype != dtype:
         x = x.to(dtype)
     return (x if x.is_contiguous() else x.contiguous()).numpy()
 
 
 _NO_LABELS = np.empty(0, np.int64)
+# the integer type of the kernel's score keys, by compute dtype
+_KEY_LIKE = {torch.float32: np.empty(0, np.int32), torch.float64: np.empty(0, np.int64)}
 
 
 # --------------------------------------------------------------------------- evaluation
