@@ -558,6 +558,9 @@ if numba is not None:
                 # Every box of the run, branch-free, in whole vectors of 8 (lanes past the
                 # end change nothing); unsigned indices (never wrapped around) let these
                 # loops vectorise. A box interacts with i if their IoU > min_iou (same class).
+                # One loop per decay, written out: with a branch on the method inside the
+                # loop it stays scalar, and a shared helper taking box i as a tuple made the
+                # loops 2x slower.
                 low, high = np.uint64(begin), np.uint64(end)
                 stop = np.uint64(begin + ((end - begin + 7) & -8))
                 hits, done = 0, 0
