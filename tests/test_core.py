@@ -140,28 +140,7 @@ def test_ensemble_probs_average_of_members():
         ensemble_probs(model, [], X)
 
 
-# --- measure -------------------------------------------------------------------------------------------------
-def test_compare_table_summary_and_paired():
-    def run(shift, seed):
-        return {"score": seed + shift, "history": tricklib.History()}
-
-    c = compare(run, {"base": 0.0, "trick": 0.5}, seeds=[0, 1, 2], progress=False)
-    assert list(c.table.columns) == ["variant", "seed", "score"] and len(c.table) == 6
-    assert c.summary().loc["trick", "score"] == "1.500 ± 1.000"
-    p = c.paired("score", "base", "trick")
-    assert p.diffs == [0.5, 0.5, 0.5] and p.clear and p.mean == 0.5 and p.std == 0.0
-    assert "3/3 seeds agree in sign: clear" in p.verdict()
-    assert len(c.histories["base"]) == 3
-    mixed = compare(lambda s, seed: {"score": (-1) ** seed * s}, {"a": 0.0, "b": 1.0}, seeds=[0, 1], progress=False)
-    assert not mixed.paired("score", "a", "b").clear
-    with pytest.raises(ValueError):
-        compare(run, {}, seeds=[0])
-    with pytest.raises(ValueError):
-        compare(run, {"a": 0}, seeds=[1, 1])
-    with pytest.raises(ValueError):
-        c.values("nope", "base")
-
-
+# --- measure (the verdict and seeds: tests/test_measure.py) ---------------------------------------------
 def test_ece_against_direct_loop():
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(3 * torch.randn(500, 4, generator=g, dtype=torch.float64), dim=1)

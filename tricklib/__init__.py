@@ -17,11 +17,11 @@ from .harness import Callback, History, Snapshots, TrainState, accuracy, batches
 from .knobs import Knob, knob
 from .losses import focal_loss, reduce_loss
 from .models import mlp
-from .measure import (Comparison, Paired, calibration_bins, compare, expected_calibration_error,
-                      median_times_ms)
+from .measure import (Comparison, Paired, calibration_bins, check_claims, compare, expected_calibration_error,
+                      median_times_ms, sign_flip_p_value, verdicts)
 from .optim import adam_step, flood, param_groups
 from .regularize import label_smoothing_cross_entropy, logit_gap, optimal_logit_gap, smooth_labels
-from .runtime import by_scale, get_device, get_scale, seed_everything
+from .runtime import by_scale, get_device, get_scale, seed_everything, seeds
 from .search import grid_points, random_points
 from .scaling import Atan, Log, MinMax, Scaler, Standardize
 from .precision import amp_step, autocast_dtype, lost_update_fraction, overflow_fraction, underflow_fraction
@@ -40,12 +40,12 @@ __all__ = [
     "CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state",
     "adam_step", "flood", "grid_points", "param_groups", "random_points",
     "SHAPE_CLASSES", "Callback", "Comparison", "History", "Knob", "Paired", "Shapes", "Snapshots", "TrainState",
-    "accuracy", "bars", "batches", "by_scale", "calibration_bins", "compare", "cosine", "digits", "draw_boxes",
+    "accuracy", "bars", "batches", "by_scale", "calibration_bins", "check_claims", "compare", "cosine", "digits", "draw_boxes",
     "ensemble_probs", "evaluate", "expected_calibration_error", "fit", "focal_loss", "get_device", "get_scale",
     "knob", "label_smoothing_cross_entropy", "logit_gap", "make_imbalanced", "median_times_ms", "optimal_logit_gap",
     "paired_diffs",
     "plot_curves", "plot_schedules", "predict", "reduce_loss", "reliability_diagram", "render_shapes",
-    "restart_steps", "seed_everything", "sgdr", "shapes", "smooth_labels", "split", "step_decay", "toy_2d",
+    "restart_steps", "seed_everything", "seeds", "sgdr", "sign_flip_p_value", "verdicts", "shapes", "smooth_labels", "split", "step_decay", "toy_2d",
     # schedules (warm-up, scaling, checks) and precision (Part 2)
     "ScheduleCheck", "amp_step", "autocast_dtype", "check_schedule", "linear_scaling", "lost_update_fraction",
     "overflow_fraction", "underflow_fraction", "warmup",

@@ -2,57 +2,201 @@
 
 :func:`compare` runs every variant (baseline and tricks) on the same seeds and
 returns a :class:`Comparison` with a tidy table. :meth:`Comparison.paired`
-reports the per-seed difference trick − baseline and calls an effect *clear*
-only when every seed agrees in sign; otherwise it says *within noise*.
+takes the per-seed difference trick − baseline and calls it *clear* only when
+an exact sign-flip test and a 95% interval both say so (:class:`Paired`): when
+a trick does nothing, at most 5% of comparisons are called clear.
 :func:`median_times_ms` times functions against each other (warm medians).
 """
 from __future__ import annotations
 
+import functools
+import math
+import numbers
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
-from ._checks import check_tensor
+from ._checks import check_choice, check_tensor
 from .harness import History
 from .runtime import progress as progress_bar
 from .runtime import seed_everything
+from .runtime import seeds as default_seeds
 
 RunFn = Callable[[Any, int], Mapping[str, Any]]
 
+#: Two-sided level of every verdict: a difference is called clear only when the exact
+#: sign-flip test rejects "no effect" at this level *and* the 95% interval excludes 0.
+ALPHA = 0.05
+#: Fewest seeds with which the exact sign-flip test can reach ``ALPHA`` (``2 / 2**6 < 0.05``).
+MIN_SEEDS_FOR_CLEAR = 6
+_EXACT_UP_TO = 16          # enumerate all 2**n sign patterns up to this many seeds
+_MONTE_CARLO_DRAWS = 2**16  # random sign patterns beyond it (a valid, slightly conservative p-value)
 
-@dataclass
+
+def sign_flip_p_value(diffs: Sequence[float]) -> float:
+    r"""Two-sided p-value of the paired sign-flip (permutation) test of "no effect".
+
+    Under the null hypothesis that the trick changes nothing, trick and baseline are
+    exchangeable within a seed, so each paired difference :math:`d_i` is as likely to
+    have come out as :math:`-d_i`. The p-value is the share of the :math:`2^n` sign
+    patterns :math:`s \in \{-1, 1\}^n` whose mean is at least as far from zero as the
+    observed one:
+
+    .. math:: p = \frac{1}{2^n}\,\#\Bigl\{s : \bigl|\tfrac1n\textstyle\sum_i s_i d_i\bigr|
+              \ge \bigl|\bar d\bigr|\Bigr\}
+
+    (Fisher 1935; Good, *Permutation Tests*, 2005). It is exact: when the null holds,
+    :math:`P(p \le \alpha) \le \alpha` for any distribution of the differences that is
+    symmetric about zero. The smallest possible value is :math:`2/2^n`, so 6 seeds are
+    needed to reach 0.05. Up to 16 seeds all patterns are enumerated; beyond, 65,536
+    random patterns from a fixed generator give :math:`(1 + \#)/(1 + 65536)`, which
+    keeps the guarantee.
+
+    Args:
+        diffs: the per-seed differences (finite).
+
+    Returns:
+        The p-value in (0, 1]; 1.0 for an empty list.
+    """
+    d = torch.as_tensor([float(x) for x in diffs], dtype=torch.float64)
+    if not torch.isfinite(d).all():
+        raise ValueError(f"diffs must be finite, got {d.tolist()}")
+    n = len(d)
+    if n == 0:
+        return 1.0
+    observed = d.mean().abs()
+    # a pattern's mean that equals the observed one up to rounding counts as "as extreme"
+    tol = 1e-12 * float(d.abs().max()) + 1e-300
+    if n <= _EXACT_UP_TO:
+        hits = 0
+        bits = torch.arange(n, dtype=torch.int64)
+        chunk = 2**16
+        for start in range(0, 2**n, chunk):
+            codes = torch.arange(start, min(start + chunk, 2**n), dtype=torch.int64)
+            signs = 1.0 - 2.0 * ((codes[:, None] >> bits) & 1).to(torch.float64)
+            hits += int(((signs @ d).abs() / n >= observed - tol).sum())
+        return hits / 2**n
+    g = torch.Generator().manual_seed(0)
+    signs = 1.0 - 2.0 * torch.randint(0, 2, (_MONTE_CARLO_DRAWS, n), generator=g).to(torch.float64)
+    hits = int(((signs @ d).abs() / n >= observed - tol).sum())
+    return (1 + hits) / (1 + _MONTE_CARLO_DRAWS)
+
+
+@dataclass(frozen=True)
 class Paired:
-    """Per-seed differences ``trick − baseline`` of one metric."""
+    r"""Per-seed differences ``trick − baseline`` of one metric, and the verdict on them.
+
+    A difference is **clear** when both of these hold at the 5% level:
+
+    - the exact sign-flip test (:func:`sign_flip_p_value`) rejects "no effect", and
+    - the 95% Student-t interval of the mean difference,
+      :math:`\bar d \pm t_{0.975,\,n-1}\, s_d/\sqrt n`, excludes zero.
+
+    The first bounds the false-positive rate: when the trick does nothing, at most 5% of
+    comparisons are called clear, whatever the (symmetric) distribution of the differences.
+    It needs at least 6 seeds (:data:`MIN_SEEDS_FOR_CLEAR`); with fewer, no difference is
+    called clear. The second keeps the words and the printed interval in agreement.
+    ``tests/test_core.py`` simulates null comparisons and checks both properties.
+
+    Attributes:
+        metric, baseline, trick: what is compared (used in :meth:`verdict`).
+        diffs: one difference per seed, in seed order.
+        better: ``"higher"``, ``"lower"`` or ``None``: which direction of ``metric`` is an
+            improvement; the verdict then says "better"/"worse" instead of "higher"/"lower".
+    """
 
     metric: str
     baseline: str
     trick: str
-    diffs: list[float]
+    diffs: tuple[float, ...]
+    better: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "diffs", tuple(float(d) for d in self.diffs))
+        if not self.diffs:
+            raise ValueError(f"no paired differences for {self.metric!r} ({self.trick} − {self.baseline})")
+        check_choice("better", self.better, ("higher", "lower", None))
+
+    @property
+    def n(self) -> int:
+        """Number of seeds."""
+        return len(self.diffs)
+
+    @property
+    def finite(self) -> bool:
+        """False when some seed's difference is NaN or infinite (e.g. a run diverged)."""
+        return all(math.isfinite(d) for d in self.diffs)
 
     @property
     def mean(self) -> float:
-        return float(torch.tensor(self.diffs, dtype=torch.float64).mean())
+        """Mean difference over seeds (NaN if any seed's difference is not finite)."""
+        return statistics.fmean(self.diffs) if self.finite else math.nan
 
     @property
     def std(self) -> float:
-        return float(torch.tensor(self.diffs, dtype=torch.float64).std()) if len(self.diffs) > 1 else 0.0
+        """Sample standard deviation of the differences (0 for one seed)."""
+        if not self.finite:
+            return math.nan
+        return statistics.stdev(self.diffs) if self.n > 1 else 0.0
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """95% Student-t interval of the mean difference (NaN with one seed or a non-finite difference)."""
+        if self.n < 2 or not self.finite:
+            return (math.nan, math.nan)
+        half = float(stats.t.ppf(1 - ALPHA / 2, self.n - 1)) * self.std / math.sqrt(self.n)
+        return (self.mean - half, self.mean + half)
+
+    @functools.cached_property
+    def p_value(self) -> float:
+        """Two-sided exact sign-flip p-value (:func:`sign_flip_p_value`); NaN if a difference is not finite."""
+        return sign_flip_p_value(self.diffs) if self.finite else math.nan
 
     @property
     def clear(self) -> bool:
-        """True when every seed's difference is non-zero and all have one sign."""
-        return all(d > 0 for d in self.diffs) or all(d < 0 for d in self.diffs)
+        """True when the difference is clear at the 5% level (see the class docstring)."""
+        if not self.finite or self.n < MIN_SEEDS_FOR_CLEAR:
+            return False
+        lo, hi = self.ci
+        return self.p_value <= ALPHA and (lo > 0 or hi < 0)
+
+    @property
+    def direction(self) -> int:
+        """+1 when clearly higher, −1 when clearly lower, 0 when not clear."""
+        return 0 if not self.clear else (1 if self.mean > 0 else -1)
+
+    @property
+    def word(self) -> str:
+        """The verdict in words: "clearly higher/lower" (or "better/worse"), "no clear difference" or "undefined"."""
+        if not self.finite:
+            return "undefined"
+        if not self.direction:
+            return "no clear difference"
+        up = self.direction > 0
+        if self.better is None:
+            return "clearly higher" if up else "clearly lower"
+        return "clearly better" if up == (self.better == "higher") else "clearly worse"
 
     def verdict(self, digits: int = 3) -> str:
-        """One line such as ``val_acc: label-smoothing − baseline = +0.012 ± 0.004 (3/3 seeds agree: clear)``."""
-        agree = max(sum(d > 0 for d in self.diffs), sum(d < 0 for d in self.diffs))
-        word = "clear" if self.clear else "within noise"
-        return (f"{self.metric}: {self.trick} − {self.baseline} = {self.mean:+.{digits}f} ± "
-                f"{self.std:.{digits}f} ({agree}/{len(self.diffs)} seeds agree in sign: {word})")
+        """One sentence, e.g. ``val_acc, smoothing − baseline: clearly higher, +0.021 (95% CI +0.012 … +0.030, 6 seeds)``."""
+        what = f"{self.metric}, {self.trick} − {self.baseline}"
+        if not self.finite:
+            bad = sum(not math.isfinite(d) for d in self.diffs)
+            return f"{what}: undefined (not finite on {bad} of {self.n} seeds)"
+        if self.n < 2:
+            return f"{what}: {self.word}, {self.mean:+.{digits}f} (1 seed: no interval)"
+        lo, hi = self.ci
+        few = f"; too few to call any difference clear (need ≥ {MIN_SEEDS_FOR_CLEAR})" \
+            if self.n < MIN_SEEDS_FOR_CLEAR else ""
+        return (f"{what}: {self.word}, {self.mean:+.{digits}f} "
+                f"(95% CI {lo:+.{digits}f} … {hi:+.{digits}f}, {self.n} seeds{few})")
 
 
 @dataclass
@@ -97,25 +241,103 @@ class Comparison:
             raise ValueError(f"unknown variant {variant!r}; have {self.variants}")
         return rows[metric].tolist()
 
-    def paired(self, metric: str, baseline: str, trick: str) -> Paired:
-        """Per-seed difference ``trick − baseline`` of ``metric`` (same seeds, same data)."""
+    def paired(self, metric: str, baseline: str, trick: str, *, better: str | None = None) -> Paired:
+        """Per-seed difference ``trick − baseline`` of ``metric`` (same seeds, same data), with its verdict.
+
+        Args:
+            metric, baseline, trick: a metric and two variants of this comparison.
+            better: ``"higher"`` or ``"lower"`` if that direction of ``metric`` is an
+                improvement (the verdict then says "better"/"worse"); ``None`` says
+                "higher"/"lower".
+        """
         base, new = self.values(metric, baseline), self.values(metric, trick)
-        return Paired(metric, baseline, trick, [b - a for a, b in zip(base, new)])
+        return Paired(metric, baseline, trick, tuple(b - a for a, b in zip(base, new)), better)
 
 
-def compare(run: RunFn, variants: Mapping[str, Any], seeds: Sequence[int] = (0, 1, 2), *,
+def verdicts(pairs: Iterable[Paired], digits: int = 3) -> pd.DataFrame:
+    """A table of paired comparisons, one row each: what, mean difference, 95% interval, seeds, verdict.
+
+    Shown as the last expression of a notebook cell it renders as an HTML table.
+    """
+    rows = []
+    for p in pairs:
+        if not isinstance(p, Paired):
+            raise TypeError(f"verdicts takes Paired objects (Comparison.paired(...)), got {type(p).__name__}")
+        lo, hi = p.ci
+        verdict = p.word if p.n >= MIN_SEEDS_FOR_CLEAR or not p.finite else f"{p.word} (too few seeds)"
+        rows.append({"metric": p.metric, "comparison": f"{p.trick} − {p.baseline}",
+                     "mean difference": f"{p.mean:+.{digits}f}",
+                     "95% interval": "—" if math.isnan(lo) else f"{lo:+.{digits}f} … {hi:+.{digits}f}",
+                     "seeds": p.n, "verdict": verdict})
+    return pd.DataFrame(rows, columns=["metric", "comparison", "mean difference", "95% interval", "seeds",
+                                       "verdict"])
+
+
+def check_claims(claims: Mapping[str, object], *, title: str = "Checked on every build") -> None:
+    """Check every claim a chapter's text makes about its numbers, and show them as a list.
+
+    Each claim is a sentence and the expression that makes it true. All are
+    evaluated; the list is displayed (rendered Markdown in a notebook, text
+    elsewhere) with ✓ or ✗, and an ``AssertionError`` naming every failed claim is
+    raised if any is false. In the book the cell's code is hidden and the list
+    stays: the reader sees the claims, the notebook keeps the checks. A claim must
+    hold on the saved seeds, on held-out seeds (``TRICKLIB_SEEDS``), under another
+    CPU's rounding and at the full scale (see *How we measure*).
+
+    Args:
+        claims: ``{sentence: truth}``; the truth is anything with an unambiguous
+            ``bool`` (a Python or NumPy bool, a one-element tensor).
+        title: the list's heading.
+    """
+    if not claims:
+        raise ValueError("claims is empty: a chapter checks at least one claim")
+    results = {}
+    for text, value in claims.items():
+        try:
+            results[text] = bool(value)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"claim {text!r} is not a single truth value ({type(value).__name__}): {e}") from None
+    lines = [f"- {'✓' if ok else '✗ **FAILED:**'} {text}" for text, ok in results.items()]
+    text = f"**{title}:**\n\n" + "\n".join(lines)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+        shell = get_ipython()
+    except ImportError:  # pragma: no cover - IPython ships with the book's requirements
+        shell = None
+    if shell is not None:
+        display(Markdown(text))
+    else:
+        print(text)
+    failed = [t for t, ok in results.items() if not ok]
+    if failed:
+        raise AssertionError("claims that do not hold: " + "; ".join(failed))
+
+
+def _is_scalar(value: object) -> bool:
+    """A plain, NumPy or 0-d tensor real number (these go in the table; anything else in ``extras``)."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_complex()
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and np.isrealobj(value) and value.dtype.kind in "biuf"
+    return isinstance(value, (numbers.Real, np.bool_))
+
+
+def compare(run: RunFn, variants: Mapping[str, Any], seeds: Sequence[int] | None = None, *,
             progress: bool = True) -> Comparison:
     """Run every variant on every seed and collect the results.
 
     Args:
-        run: ``run(config, seed) -> {metric: float, ...}``; it may also return a
+        run: ``run(config, seed) -> {metric: number, ...}`` (Python, NumPy or 0-d
+            tensor numbers all count as metrics); it may also return a
             :class:`~tricklib.harness.History` under ``"history"`` and other
             non-scalar values, kept in :attr:`Comparison.extras`.
             :func:`~tricklib.runtime.seed_everything` is called with ``seed``
             before each run, so the baseline and the trick see the same
             initial weights and data order for a given seed.
         variants: ``{name: config}``: the baseline and the tricks to compare.
-        seeds: the seeds (at least one).
+        seeds: the seeds (at least one); default :func:`tricklib.runtime.seeds` (6 at the
+            small scale, 10 at full, or those of ``TRICKLIB_SEEDS``).
         progress: show a ``tqdm`` bar over runs (see :func:`tricklib.runtime.progress`).
 
     Returns:
@@ -123,6 +345,7 @@ def compare(run: RunFn, variants: Mapping[str, Any], seeds: Sequence[int] = (0, 
     """
     if not variants:
         raise ValueError("variants must name at least one configuration")
+    seeds = default_seeds() if seeds is None else list(seeds)
     if len(seeds) < 1 or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
     jobs = [(name, config, seed) for name, config in variants.items() for seed in seeds]
@@ -133,7 +356,7 @@ def compare(run: RunFn, variants: Mapping[str, Any], seeds: Sequence[int] = (0, 
         history = result.pop("history", None)
         if history is not None:
             histories.setdefault(name, []).append(history)
-        scalars = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+        scalars = {k: float(v) for k, v in result.items() if _is_scalar(v)}
         extras.setdefault(name, []).append({k: v for k, v in result.items() if k not in scalars})
         rows.append({"variant": name, "seed": seed, **scalars})
     return Comparison(pd.DataFrame(rows), histories, extras)

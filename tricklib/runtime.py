@@ -1,9 +1,10 @@
 """Where code runs and how big the experiments are: device, seeds, scale.
 
 Every chapter's first cell calls :func:`seed_everything` and :func:`get_device`,
-and sizes its experiments with :func:`by_scale`, so the same notebook runs in
-about 15 s on a 2-core CPU (the ``"small"`` scale CI and nbval use) and at a
-real size on a GPU (``"full"``).
+sizes its experiments with :func:`by_scale` and takes its seeds from
+:func:`seeds`, so the same notebook runs in about 20 s on a 2-core CPU (the
+``"small"`` scale CI and nbval use), at a real size on a GPU (``"full"``), and
+on any seeds a reader chooses (``TRICKLIB_SEEDS``).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ SCALES = ("small", "full")
 SCALE_ENV = "TRICKLIB_SCALE"
 DEVICE_ENV = "TRICKLIB_DEVICE"
 PROGRESS_ENV = "TRICKLIB_PROGRESS"
+SEEDS_ENV = "TRICKLIB_SEEDS"
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -87,6 +89,40 @@ def by_scale(small: T, full: T) -> T:
     Example: ``epochs = by_scale(small=20, full=200)``.
     """
     return small if get_scale() == "small" else full
+
+
+def seeds(small: int = 6, full: int = 10) -> list[int]:
+    """The seeds a chapter's experiment runs on: how many is the chapter's choice, which is yours.
+
+    The count is ``small`` or ``full`` by the scale (:func:`by_scale`). By default the
+    seeds are ``0, 1, …, count − 1``. The environment variable ``TRICKLIB_SEEDS``
+    (comma-separated non-negative integers, e.g. ``101,102,103,104,105``) replaces
+    them in every chapter, so a claim can be checked on seeds it was never tuned
+    on: its seeds are used first, and where the experiment needs more, the count
+    continues from the largest one (``106, 107, …``); where it needs fewer, the
+    first ones are used.
+
+    Args:
+        small, full: how many seeds at each scale (at least 1).
+
+    Returns:
+        A list of distinct seeds.
+    """
+    for name, value in (("small", small), ("full", full)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    count = by_scale(small, full)
+    text = os.environ.get(SEEDS_ENV, "").strip()
+    if not text:
+        return list(range(count))
+    try:
+        listed = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{SEEDS_ENV} must be comma-separated integers, got {text!r}") from None
+    if not listed or min(listed) < 0 or len(set(listed)) != len(listed):
+        raise ValueError(f"{SEEDS_ENV} must list distinct non-negative integers, got {text!r}")
+    more = range(max(listed) + 1, max(listed) + 1 + max(0, count - len(listed)))
+    return (listed + list(more))[:count]
 
 
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None) -> Iterable[T]:
