@@ -236,11 +236,12 @@ def test_verdicts_table():
     clear = Paired("acc", "base", "trick", [0.02, 0.01, 0.03, 0.02, 0.025, 0.015], better="higher")
     few = Paired("loss", "base", "trick", [0.1, -0.2, 0.1])
     table = tricklib.verdicts([clear, few])
-    assert list(table.columns) == ["metric", "comparison", "mean difference", "95% interval", "seeds", "verdict"]
-    assert table.loc[0, "verdict"] == "clearly better" and table.loc[0, "comparison"] == "trick − base"
-    assert table.loc[0, "95% interval"] == f"{clear.ci[0]:+.3f} … {clear.ci[1]:+.3f}"
-    assert table.loc[1, "verdict"] == "no clear difference (too few seeds)"
-    assert tricklib.verdicts([Paired("acc", "a", "b", [0.1])]).loc[0, "95% interval"] == "—"
+    assert list(table.columns) == ["metric", "mean difference", "95% interval", "seeds", "verdict"]
+    assert list(table.index) == ["trick − base", "trick − base"]
+    assert table.iloc[0]["verdict"] == "clearly better" and table.iloc[0]["seeds"] == 6
+    assert table.iloc[0]["95% interval"] == f"{clear.ci[0]:+.3f}\u00a0…\u00a0{clear.ci[1]:+.3f}"
+    assert table.iloc[1]["verdict"] == "no clear difference (too few seeds)"
+    assert tricklib.verdicts([Paired("acc", "a", "b", [0.1])]).iloc[0]["95% interval"] == "—"
     with pytest.raises(TypeError, match="Paired"):
         tricklib.verdicts([0.1])
 
@@ -256,3 +257,45 @@ def test_check_claims_lists_every_claim_and_raises_on_any_false(capsys):
         tricklib.check_claims({"ambiguous": np.array([True, False])})
     with pytest.raises(ValueError, match="empty"):
         tricklib.check_claims({})
+
+
+# --- when does it pay off: sweep and payoff -----------------------------------------------------------------
+def test_sweep_pairs_the_trick_with_the_baseline_at_each_value():
+    def run(noise, config, seed):
+        g = torch.Generator().manual_seed(seed)
+        base = 0.8 + 0.05 * torch.randn(1, generator=g).item()   # the seed's luck, shared by both variants
+        return {"acc": base + config * (noise - 0.2) + 0.002 * seed}
+
+    result = tricklib.sweep(run, [0.0, 0.2, 0.4], {"base": 0.0, "trick": 0.5}, metric="acc", baseline="base",
+                            trick="trick", variable="label noise", seeds=range(6), better="higher", progress=False)
+    assert [round(p.mean, 6) for p in result.paired] == [-0.1, 0.0, 0.1]
+    assert result.where(1) == [0.4] and result.where(-1) == [0.0] and result.where(0) == [0.2]
+    table = result.table()
+    assert table.index.name == "label noise" and list(table["verdict"]) == ["clearly worse", "no clear difference",
+                                                                            "clearly better"]
+    assert len(result.comparisons) == 3 and result.comparisons[0].variants == ["base", "trick"]
+    with pytest.raises(ValueError, match="not one of the variants"):
+        tricklib.sweep(run, [0.0], {"base": 0.0}, metric="acc", baseline="base", trick="trick", variable="x",
+                       progress=False)
+    with pytest.raises(ValueError, match="at least one value"):
+        tricklib.sweep(run, [], {"base": 0.0, "trick": 1.0}, metric="acc", baseline="base", trick="trick",
+                       variable="x", progress=False)
+
+
+def test_payoff_draws_one_point_per_value():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def run(value, config, seed):
+        return {"acc": config * value + 0.01 * ((seed * 7) % 5)}
+
+    for values, logx in (([1, 10, 100], True), (["small", "large"], False)):
+        numeric = not isinstance(values[0], str)
+        result = tricklib.sweep(lambda v, c, s: run(values.index(v) - 1 if not numeric else v, c, s), values,
+                                {"base": 0.0, "trick": 0.01}, metric="acc", baseline="base", trick="trick",
+                                variable="size", seeds=range(6), better="higher", progress=False)
+        ax = tricklib.payoff(result, logx=logx)
+        assert ax.get_xlabel() == "size" and "trick − base" in ax.get_ylabel()
+        assert len(ax.collections) >= len(values)   # the seeds' dots, one collection per value
+        plt.close(ax.figure)

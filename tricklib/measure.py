@@ -31,7 +31,7 @@ from .runtime import seeds as default_seeds
 
 RunFn = Callable[[Any, int], Mapping[str, Any]]
 
-#: Two-sided level of every verdict: a difference is called clear only when the exact
+#: The two-sided level of every verdict. A difference is called clear only when the exact
 #: sign-flip test rejects "no effect" at this level *and* the 95% interval excludes 0.
 ALPHA = 0.05
 #: Fewest seeds with which the exact sign-flip test can reach ``ALPHA`` (``2 / 2**6 < 0.05``).
@@ -174,7 +174,7 @@ class Paired:
 
     @property
     def word(self) -> str:
-        """The verdict in words: "clearly higher/lower" (or "better/worse"), "no clear difference" or "undefined"."""
+        """The verdict in words, one of "clearly higher/lower" (or "better/worse"), "no clear difference", "undefined"."""
         if not self.finite:
             return "undefined"
         if not self.direction:
@@ -255,22 +255,23 @@ class Comparison:
 
 
 def verdicts(pairs: Iterable[Paired], digits: int = 3) -> pd.DataFrame:
-    """A table of paired comparisons, one row each: what, mean difference, 95% interval, seeds, verdict.
+    """A table of paired comparisons, one row each (indexed by "trick − baseline"): metric, mean
+    difference, 95% interval, seeds and the verdict in words.
 
     Shown as the last expression of a notebook cell it renders as an HTML table.
     """
-    rows = []
+    rows, index = [], []
     for p in pairs:
         if not isinstance(p, Paired):
             raise TypeError(f"verdicts takes Paired objects (Comparison.paired(...)), got {type(p).__name__}")
         lo, hi = p.ci
         verdict = p.word if p.n >= MIN_SEEDS_FOR_CLEAR or not p.finite else f"{p.word} (too few seeds)"
-        rows.append({"metric": p.metric, "comparison": f"{p.trick} − {p.baseline}",
-                     "mean difference": f"{p.mean:+.{digits}f}",
-                     "95% interval": "—" if math.isnan(lo) else f"{lo:+.{digits}f} … {hi:+.{digits}f}",
+        index.append(f"{p.trick} − {p.baseline}")
+        # no-break spaces keep an interval on one line in an HTML table
+        rows.append({"metric": p.metric, "mean difference": f"{p.mean:+.{digits}f}",
+                     "95% interval": "—" if math.isnan(lo) else f"{lo:+.{digits}f}\u00a0…\u00a0{hi:+.{digits}f}",
                      "seeds": p.n, "verdict": verdict})
-    return pd.DataFrame(rows, columns=["metric", "comparison", "mean difference", "95% interval", "seeds",
-                                       "verdict"])
+    return pd.DataFrame(rows, index=index, columns=["metric", "mean difference", "95% interval", "seeds", "verdict"])
 
 
 def check_claims(claims: Mapping[str, object], *, title: str = "Checked on every build") -> None:
@@ -360,6 +361,72 @@ def compare(run: RunFn, variants: Mapping[str, Any], seeds: Sequence[int] | None
         extras.setdefault(name, []).append({k: v for k, v in result.items() if k not in scalars})
         rows.append({"variant": name, "seed": seed, **scalars})
     return Comparison(pd.DataFrame(rows), histories, extras)
+
+
+@dataclass
+class Sweep:
+    """Results of :func:`sweep`: the paired effect ``trick − baseline`` at each value of one variable.
+
+    Attributes:
+        variable: what was swept, in words with its unit (an axis label).
+        values: the values, in sweep order.
+        paired: one :class:`Paired` per value (same order).
+        comparisons: the full :class:`Comparison` per value (same order).
+    """
+
+    variable: str
+    values: list[Any]
+    paired: list[Paired]
+    comparisons: list[Comparison]
+
+    def table(self, digits: int = 3) -> pd.DataFrame:
+        """:func:`verdicts` with the swept value as the index."""
+        out = verdicts(self.paired, digits)
+        out.index = pd.Index([str(v) for v in self.values], name=self.variable)
+        return out
+
+    def where(self, direction: int) -> list[Any]:
+        """The values at which the effect is clearly positive (``1``), clearly negative (``-1``) or not clear (``0``)."""
+        check_choice("direction", direction, (-1, 0, 1))
+        return [v for v, p in zip(self.values, self.paired) if p.direction == direction]
+
+
+def sweep(run: Callable[[Any, Any, int], Mapping[str, Any]], values: Sequence[Any], variants: Mapping[str, Any], *,
+          metric: str, baseline: str, trick: str, variable: str, seeds: Sequence[int] | None = None,
+          better: str | None = None, progress: bool = True) -> Sweep:
+    """When does the trick pay off? Run :func:`compare` at each value of one variable.
+
+    For each ``value`` in ``values`` every variant runs on the same seeds, through
+    ``run(value, config, seed)``, and the paired difference ``trick − baseline`` of
+    ``metric`` is taken with its verdict (:class:`Paired`). Draw the result with
+    :func:`tricklib.viz.payoff`.
+
+    Args:
+        run: ``run(value, config, seed) -> {metric: number, ...}``.
+        values: the values of the variable that turns the effect on (noise level,
+            imbalance, depth, batch size …).
+        variants: ``{name: config}``, at least ``baseline`` and ``trick``.
+        metric, baseline, trick: what to pair.
+        variable: the variable in words with its unit (used as the axis label).
+        seeds: as in :func:`compare`.
+        better: ``"higher"`` or ``"lower"``: which direction of ``metric`` is an improvement.
+        progress: a progress bar over values.
+
+    Returns:
+        A :class:`Sweep`.
+    """
+    values = list(values)
+    if not values:
+        raise ValueError("values must name at least one value of the swept variable")
+    for name in (baseline, trick):
+        if name not in variants:
+            raise ValueError(f"{name!r} is not one of the variants {list(variants)}")
+    comparisons = []
+    for value in (progress_bar(values, desc=variable) if progress else values):
+        comparisons.append(compare(lambda config, seed, value=value: run(value, config, seed), variants, seeds,
+                                   progress=False))
+    paired = [c.paired(metric, baseline, trick, better=better) for c in comparisons]
+    return Sweep(variable, values, paired, comparisons)
 
 
 def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, torch.Tensor]:

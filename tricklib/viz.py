@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 
 from .harness import History
-from .measure import Comparison, calibration_bins
+from .measure import Comparison, Sweep, calibration_bins
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -134,17 +134,69 @@ def bars(comparison: Comparison, metric: str, *, ax: Axes | None = None, ylabel:
 
 def paired_diffs(comparison: Comparison, metric: str, baseline: str, tricks: Sequence[str], *,
                  ax: Axes | None = None) -> Axes:
-    """Per-seed differences ``trick − baseline``: one dot per seed, mean ± std, zero line."""
+    """Per-seed differences ``trick − baseline``: one dot per seed, the mean with its 95% interval, zero line.
+
+    A filled marker means the difference is clear (:attr:`~tricklib.measure.Paired.clear`), a hollow one
+    that it is not.
+    """
     ax = _axes(ax, (4, 3))
     for i, trick in enumerate(tricks):
         p = comparison.paired(metric, baseline, trick)
         color = COLORS[(comparison.variants.index(trick)) % len(COLORS)]
-        ax.errorbar(i, p.mean, yerr=p.std, fmt="o", color=color, capsize=5, ms=7)
+        lo, hi = p.ci
+        yerr = None if np.isnan(lo) else [[p.mean - lo], [hi - p.mean]]
+        ax.errorbar(i, p.mean, yerr=yerr, fmt="o", color=color, capsize=5, ms=7,
+                    mfc=color if p.clear else "white")
         ax.scatter(np.full(len(p.diffs), i + 0.12), p.diffs, color="black", s=10, zorder=3)
     ax.axhline(0, color="gray", lw=1)
     ax.set_xticks(range(len(tricks)), tricks, rotation=15)
-    ax.set_ylabel(f"Δ {metric} vs {baseline}")
+    ax.set_ylabel(f"Δ {metric} vs {baseline}\n(mean, 95% interval; dots: seeds)")
     ax.grid(alpha=0.3, axis="y")
+    return ax
+
+
+def payoff(result: Sweep, *, ax: Axes | None = None, ylabel: str | None = None, logx: bool = False,
+           annotate: bool = True) -> Axes:
+    """When does it pay off? The paired effect ``trick − baseline`` against the swept variable.
+
+    One point per value: the mean difference with its 95% interval, filled where the
+    difference is clear and hollow where it is not; every seed's difference as a small
+    dot; a zero line. With ``annotate``, each clear point is labelled "helps" or
+    "hurts" (when the sweep knows which direction is better) or "higher"/"lower".
+
+    Args:
+        result: a :class:`~tricklib.measure.Sweep` from :func:`~tricklib.measure.sweep`.
+        ylabel: default ``"Δ <metric>: <trick> − <baseline>"``.
+        logx: logarithmic x axis (numeric values only).
+        annotate: write the verdict above or below each clear point.
+    """
+    ax = _axes(ax, (5, 3.2))
+    numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in result.values)
+    xs = np.asarray(result.values, dtype=float) if numeric else np.arange(len(result.values), dtype=float)
+    width = (np.diff(np.log(xs)).min() if logx and len(xs) > 1 else np.diff(xs).min() if len(xs) > 1 else 1.0)
+    for x, p in zip(xs, result.paired):
+        lo, hi = p.ci
+        yerr = None if np.isnan(lo) else [[p.mean - lo], [hi - p.mean]]
+        color = {"clearly better": "tab:green", "clearly worse": "tab:red"}.get(p.word, "black" if p.direction else "0.45")
+        ax.errorbar(x, p.mean, yerr=yerr, fmt="o", color=color, capsize=4, ms=7, lw=1.5,
+                    mfc=color if p.clear else "white", zorder=3)
+        jitter = np.linspace(-0.12, 0.12, p.n) * width
+        seed_x = np.exp(np.log(x) + jitter) if logx else x + jitter
+        ax.scatter(seed_x, p.diffs, color=color, s=8, alpha=0.45, zorder=2, lw=0)
+        if annotate and p.direction:
+            word = {"clearly better": "helps", "clearly worse": "hurts"}.get(p.word, p.word.split()[-1])
+            ax.annotate(word, (x, hi if p.mean > 0 else lo), xytext=(0, 6 if p.mean > 0 else -12),
+                        textcoords="offset points", ha="center", fontsize=8, color=color)
+    ax.axhline(0, color="gray", lw=1)
+    ax.margins(y=0.18)  # room for the labels
+    if logx:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(xs, [str(v) for v in result.values])
+    first = result.paired[0]
+    ax.set_xlabel(result.variable)
+    ax.set_ylabel(ylabel or f"Δ {first.metric}: {first.trick} − {first.baseline}")
+    ax.grid(alpha=0.3)
     return ax
 
 
