@@ -205,7 +205,7 @@ def test_chapter_page_links_colab_api_and_references(built, toc_chapter):
     branch = CONFIG["repository"].get("branch", "main")
     colab = f"https://colab.research.google.com/github/{repo}/blob/{branch}/{toc_chapter}.ipynb"
     assert f'href="{colab}"' in page, f"no Colab launch button pointing to {colab}"
-    assert re.search(r'href="[./]*book/api\.html#(module-)?tricklib\.', page), \
+    assert re.search(r'href="[./]*book/api(/\w+)?\.html#(module-)?tricklib\.', page), \
         "the page links no tricklib API entry (use {py:func}`tricklib.<module>.<name>` in 'In tricklib')"
     assert re.search(r'class="footnote-list|class="footnote brackets', page), \
         "no references generated from the .bib ({footcite:p}`key` + ```{footbibliography}```)"

@@ -1,4 +1,4 @@
-"""Weight averaging and ensembles (Part 7 of the book; snapshot ensembles of Part 2)."""
+"""Ensembles of weights (snapshot ensembles, Part 2 of the book); weight averaging will join them here."""
 from __future__ import annotations
 
 import copy
