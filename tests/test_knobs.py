@@ -201,3 +201,16 @@ def test_live_widget():
     assert sliders["alpha"].value == 0.5 and sliders["gamma"].value == 0
     assert sliders["gamma"].options == (("0", 0), ("2", 2))
     assert (sliders["alpha"].label, sliders["gamma"].label) == ("0.5", "0")
+
+
+def test_labels_in_words_and_a_caption():
+    k = Knob(curve, {"gamma": [0, 1], "alpha": [0.25, 0.5]}, labels={"gamma": "focusing γ (unitless)"},
+             caption="Watch the easy examples' loss vanish as γ grows.")
+    doc = Parsed(k.to_html())
+    assert [s["aria-label"] for s in doc.all("input")] == ["focusing γ (unitless)", "alpha"]
+    assert "focusing γ (unitless)</span>" in k.to_html()
+    assert 'class="tricklib-knob-caption"' in k.to_html() and "easy examples&#x27; loss vanish" in k.to_html()
+    with pytest.raises(ValueError, match="unknown knobs"):
+        Knob(curve, {"gamma": [0, 1]}, labels={"beta": "b"})
+    with pytest.raises(TypeError, match="non-empty strings"):
+        Knob(curve, {"gamma": [0, 1]}, labels={"gamma": ""})

@@ -94,7 +94,10 @@ class Knob:
         dpi: resolution of the frames; default ``None`` keeps the figure's own
             dpi, so the frames match the notebook's static figures.
         colors: palette size of each PNG frame (2–256).
-        title: optional caption shown above the sliders.
+        title: optional heading shown above the sliders.
+        labels: ``{name: label}``: what each slider is, in words with its unit (e.g.
+            ``{"resume_at": "resume at step"}``); default: the knob's name.
+        caption: one or two sentences under the figure saying what to look for.
         max_bytes: raise if the frames together are larger than this (default
             ``MAX_BYTES``, 1.5 MB): lower ``dpi``, ``colors`` or the number of values.
 
@@ -111,7 +114,8 @@ class Knob:
 
     def __init__(self, figure: Callable[..., Figure | Axes], values: Mapping[str, Sequence[Any]], *,
                  initial: Mapping[str, Any] | None = None, dpi: float | None = None, colors: int = 256,
-                 title: str | None = None, max_bytes: int = MAX_BYTES):
+                 title: str | None = None, labels: Mapping[str, str] | None = None, caption: str | None = None,
+                 max_bytes: int = MAX_BYTES):
         if not callable(figure):
             raise TypeError(f"figure must be callable, got {type(figure).__name__}")
         if not isinstance(values, Mapping):
@@ -128,8 +132,8 @@ class Knob:
             vals = list(vals)
             if len(vals) < 2:
                 raise ValueError(f"knob {name!r} needs at least two values, got {vals}")
-            labels = [_format(v) for v in vals]
-            if len(set(labels)) != len(labels):
+            shown = [_format(v) for v in vals]
+            if len(set(shown)) != len(shown):
                 raise ValueError(f"knob {name!r} has repeated values: {vals}")
         if not 2 <= colors <= 256:
             raise ValueError(f"colors must be between 2 and 256, got {colors}")
@@ -146,6 +150,13 @@ class Knob:
                 raise ValueError(f"initial value {name}={value!r} is not among the knob values {self.values[name]}")
         self.start = tuple(self.values[n].index(initial.get(n, self.values[n][0])) for n in self.values)
         self.title = title
+        self.labels = dict(labels or {})
+        unknown = sorted(set(self.labels) - set(self.values))
+        if unknown:
+            raise ValueError(f"labels names unknown knobs {unknown}; knobs are {list(self.values)}")
+        if not all(isinstance(v, str) and v for v in self.labels.values()):
+            raise TypeError("labels must map knob names to non-empty strings")
+        self.caption = caption
         self.frames: dict[tuple[int, ...], bytes] = {}
         for index in itertools.product(*(range(len(v)) for v in self.values.values())):
             kwargs = self._kwargs(index)
@@ -179,16 +190,18 @@ class Knob:
                 f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"/>')
         sliders = "".join(
             f'<label style="display:block;font-family:sans-serif;font-size:14px;margin:4px 0">'
-            f'<span style="display:inline-block;min-width:6em">{html.escape(name)}</span> '
+            f'<span style="display:inline-block;min-width:6em">{html.escape(self.labels.get(name, name))}</span> '
             f'<input type="range" min="0" max="{len(vals) - 1}" step="1" value="{i}" '
-            f'aria-label="{html.escape(name)}" '
+            f'aria-label="{html.escape(self.labels.get(name, name))}" '
             f'data-labels="{html.escape(json.dumps([_format(v) for v in vals]))}" '
             f'oninput="{html.escape(_ON_INPUT)}" style="vertical-align:middle;width:16em"/> '
             f'<output aria-live="polite">{html.escape(_format(vals[i]))}</output></label>'
             for (name, vals), i in zip(self.values.items(), self.start))
         title = (f'<div style="font-weight:bold;font-family:sans-serif">{html.escape(self.title)}</div>'
                  if self.title else "")
-        return f'<div class="tricklib-knob">{title}{sliders}<div>{"".join(imgs)}</div></div>'
+        caption = (f'<div class="tricklib-knob-caption" style="font-family:sans-serif;font-size:14px;'
+                   f'margin:2px 0 8px">{html.escape(self.caption)}</div>' if self.caption else "")
+        return f'<div class="tricklib-knob">{title}{sliders}<div>{"".join(imgs)}</div>{caption}</div>'
 
     def _repr_html_(self) -> str:
         return self.to_html()
@@ -212,7 +225,8 @@ class Knob:
 
         # index=, not value=: ipywidgets leaves the label blank for a falsy value such as 0
         sliders = {name: widgets.SelectionSlider(options=[(_format(v), v) for v in vals], index=i,
-                                                 description=name)
+                                                 description=self.labels.get(name, name),
+                                                 style={"description_width": "initial"})
                    for (name, vals), i in zip(self.values.items(), self.start)}
         return widgets.interactive(show, **sliders)
 
