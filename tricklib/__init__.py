@@ -7,7 +7,9 @@ parts of the book: ``schedules`` (Part 2), ``regularize`` (Part 4), ``losses``
 ``harness``, ``measure``, ``viz`` and ``knobs`` are shared by all chapters.
 """
 from .averaging import ensemble_probs
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .boxes import (average_precision, batched_soft_nms, box_iou, crowded_detections, crowded_scene,
+                    detection_metrics, simulate_detections, soft_nms)
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, temp_path
 from .debug import (assert_batch_independent, batch_leak, dependency_matrix, describe_batch, expected_initial_loss,
                     first_nonfinite, gradcheck_module, init_final_bias, input_independent_baseline, out_of_range,
                     overfit_one_batch, show_batch, unnormalize)
@@ -21,7 +23,7 @@ from .measure import (Comparison, Paired, Sweep, calibration_bins, check_claims,
                       expected_calibration_error, median_times_ms, sign_flip_p_value, sweep, verdicts)
 from .optim import adam_step, flood, param_groups
 from .regularize import label_smoothing_cross_entropy, logit_gap, optimal_logit_gap, smooth_labels
-from .runtime import by_scale, get_device, get_scale, seed_everything, seeds
+from .runtime import by_scale, get_device, get_scale, progress, seed_everything, seeds
 from .search import grid_points, random_points
 from .scaling import Atan, Log, MinMax, Scaler, Standardize
 from .precision import amp_step, autocast_dtype, lost_update_fraction, overflow_fraction, underflow_fraction
@@ -37,14 +39,17 @@ __all__ = [
     "overfit_one_batch", "show_batch", "unnormalize",
     "GradNormRecorder", "layer_grad_norms", "linear_baseline", "majority_baseline",
     "Atan", "Log", "MinMax", "Scaler", "Standardize",
-    "CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state",
+    "CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state", "temp_path",
+    # boxes and detection (Part 6)
+    "average_precision", "batched_soft_nms", "box_iou", "crowded_detections", "crowded_scene", "detection_metrics",
+    "simulate_detections", "soft_nms",
     "adam_step", "flood", "grid_points", "param_groups", "random_points",
     "SHAPE_CLASSES", "Callback", "Comparison", "History", "Knob", "Paired", "Shapes", "Snapshots", "TrainState",
     "accuracy", "bars", "batches", "by_scale", "calibration_bins", "check_claims", "compare", "cosine", "digits", "draw_boxes",
     "ensemble_probs", "evaluate", "expected_calibration_error", "fit", "focal_loss", "get_device", "get_scale",
     "knob", "label_smoothing_cross_entropy", "logit_gap", "make_imbalanced", "median_times_ms", "optimal_logit_gap",
     "paired_diffs", "payoff", "Sweep", "sweep",
-    "plot_curves", "plot_schedules", "predict", "reduce_loss", "reliability_diagram", "render_shapes",
+    "plot_curves", "plot_schedules", "predict", "progress", "reduce_loss", "reliability_diagram", "render_shapes",
     "restart_steps", "seed_everything", "seeds", "sgdr", "sign_flip_p_value", "verdicts", "shapes", "smooth_labels", "split", "step_decay", "toy_2d",
     # schedules (warm-up, scaling, checks) and precision (Part 2)
     "ScheduleCheck", "amp_step", "autocast_dtype", "check_schedule", "linear_scaling", "lost_update_fraction",
