@@ -28,7 +28,8 @@ from .search import grid_points, random_points
 from .scaling import Atan, Log, MinMax, Scaler, Standardize
 from .precision import amp_step, autocast_dtype, lost_update_fraction, overflow_fraction, underflow_fraction
 from .schedules import ScheduleCheck, check_schedule, cosine, linear_scaling, restart_steps, sgdr, step_decay, warmup
-from .viz import bars, draw_boxes, paired_diffs, payoff, plot_curves, plot_schedules, reliability_diagram
+from .viz import (bars, draw_boxes, paired_diffs, payoff, plot_curves, plot_schedules, reliability_diagram,
+                  use_book_style)
 
 __version__ = "0.1.0"
 
@@ -48,7 +49,7 @@ __all__ = [
     "accuracy", "bars", "batches", "by_scale", "calibration_bins", "check_claims", "compare", "cosine", "digits", "draw_boxes",
     "ensemble_probs", "evaluate", "expected_calibration_error", "fit", "focal_loss", "get_device", "get_scale",
     "knob", "label_smoothing_cross_entropy", "logit_gap", "make_imbalanced", "median_times_ms", "optimal_logit_gap",
-    "paired_diffs", "payoff", "Sweep", "sweep",
+    "paired_diffs", "payoff", "Sweep", "sweep", "use_book_style",
     "plot_curves", "plot_schedules", "predict", "progress", "reduce_loss", "reliability_diagram", "render_shapes",
     "restart_steps", "seed_everything", "seeds", "sgdr", "sign_flip_p_value", "verdicts", "shapes", "smooth_labels", "split", "step_decay", "toy_2d",
     # schedules (warm-up, scaling, checks) and precision (Part 2)

@@ -385,7 +385,7 @@ def show_batch(x: torch.Tensor, y: torch.Tensor | None = None, *,
             for spine in ax.spines.values():
                 spine.set_edgecolor("red")
                 spine.set_linewidth(2.5)
-        ax.set_title(label, fontsize=8, color="red" if flagged[i] else "black")
+        ax.set_title(label, fontsize=9, color="red" if flagged[i] else "black")
     if title is not None:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -18,6 +18,33 @@ from .measure import Comparison, Sweep, calibration_bins
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
+#: The column of the book is about 690 px wide: at 100 dpi a figure of 6.9 inches is shown
+#: at its natural size, and 9-point text is 12.5 px on the page (the page wants >= 9 px).
+BOOK_STYLE = {
+    "figure.figsize": (6.8, 3.4),
+    "figure.dpi": 100,
+    "savefig.dpi": "figure",
+    "figure.constrained_layout.use": True,
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 11,
+}
+
+
+def use_book_style() -> None:
+    """Set Matplotlib's defaults for figures drawn for the book's text column (:data:`BOOK_STYLE`).
+
+    Every chapter calls it in its first cell. Figures up to 6.9 inches wide are then shown at
+    their natural size, and no default text is smaller than 9 points (12.5 px); a figure
+    meant to be wide can be wider, but at more than ~11 inches the page shrinks it below
+    60% and its text below 9 px.
+    """
+    plt.rcParams.update(BOOK_STYLE)
+
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (5, 3.2)) -> Axes:
     return ax if ax is not None else plt.subplots(figsize=figsize, layout="constrained")[1]
@@ -64,7 +91,7 @@ def plot_curves(histories: Mapping[str, Sequence[History]] | Comparison, key: st
     ax.set_ylabel(ylabel or key)
     if logy:
         ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    ax.legend()
     ax.grid(alpha=0.3)
     return ax
 
@@ -83,7 +110,7 @@ def plot_schedules(schedules: Mapping[str, Callable[[int], float] | Sequence[flo
         ax.plot(np.arange(len(values)), values, color=COLORS[i % len(COLORS)], lw=1.8, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    ax.legend()
     ax.grid(alpha=0.3)
     return ax
 
@@ -186,7 +213,7 @@ def payoff(result: Sweep, *, ax: Axes | None = None, ylabel: str | None = None, 
         if annotate and p.direction:
             word = {"clearly better": "helps", "clearly worse": "hurts"}.get(p.word, p.word.split()[-1])
             ax.annotate(word, (x, hi if p.mean > 0 else lo), xytext=(0, 6 if p.mean > 0 else -12),
-                        textcoords="offset points", ha="center", fontsize=8, color=color)
+                        textcoords="offset points", ha="center", fontsize=9, color=color)
     ax.axhline(0, color="gray", lw=1)
     ax.margins(y=0.18)  # room for the labels
     if logx:
@@ -214,5 +241,5 @@ def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, *, n_bins: in
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     if label is not None:
-        ax.legend(fontsize=8)
+        ax.legend()
     return ax
