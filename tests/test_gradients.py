@@ -10,6 +10,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+import tricklib
 from tricklib import GradNormRecorder, fit, layer_grad_norms, linear_baseline, majority_baseline
 
 
@@ -153,3 +154,28 @@ def test_errors():
         majority_baseline(torch.zeros(2, 2, dtype=torch.long), torch.tensor([1]))
     with pytest.raises(ValueError, match="same length"):
         linear_baseline((torch.randn(5, 2), torch.zeros(4, dtype=torch.long)), (torch.randn(2, 2), torch.zeros(2)))
+
+
+def test_dead_fraction_counts_units_silent_on_every_example():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.ReLU())
+    with torch.no_grad():
+        model[0].bias[:2] = -1e3          # units 0 and 1 of the first ReLU: dead on any input
+        model[2].bias[:] = 1e3            # the second ReLU: alive
+    x = torch.randn(50, 3)
+    manual = (model[1](model[0](x)) > 0).any(0).logical_not().float().mean().item()
+    assert manual == 0.5
+    assert tricklib.dead_fraction(model, x, per_layer=True) == {"1": 0.5, "3": 0.0}
+    assert tricklib.dead_fraction(model, x) == 2 / 6
+    assert tricklib.dead_fraction(model, x, batch_size=7) == 2 / 6   # batching does not change the count
+    model.train()
+    tricklib.dead_fraction(model, x)
+    assert model.training and not model[1]._forward_hooks     # left as it was
+    conv = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU())
+    with torch.no_grad():
+        conv[0].bias[0] = -1e3
+    assert tricklib.dead_fraction(conv, torch.randn(4, 1, 8, 8)) == 1 / 3   # a channel dead at every position
+    with pytest.raises(ValueError, match="no"):
+        tricklib.dead_fraction(nn.Linear(3, 2), x)
+    with pytest.raises(ValueError, match="empty"):
+        tricklib.dead_fraction(model, x[:0])

@@ -14,7 +14,7 @@ from .debug import (assert_batch_independent, batch_leak, dependency_matrix, des
                     first_nonfinite, gradcheck_module, init_final_bias, input_independent_baseline, out_of_range,
                     overfit_one_batch, show_batch, unnormalize)
 from .data import SHAPE_CLASSES, Shapes, digits, make_imbalanced, render_shapes, shapes, split, toy_2d
-from .gradients import GradNormRecorder, layer_grad_norms, linear_baseline, majority_baseline
+from .gradients import GradNormRecorder, dead_fraction, layer_grad_norms, linear_baseline, majority_baseline
 from .harness import Callback, History, Snapshots, TrainState, accuracy, batches, evaluate, fit, predict
 from .knobs import Knob, knob
 from .losses import focal_loss, reduce_loss
@@ -38,7 +38,7 @@ __all__ = [
     "assert_batch_independent", "batch_leak", "dependency_matrix", "describe_batch", "expected_initial_loss",
     "first_nonfinite", "gradcheck_module", "init_final_bias", "input_independent_baseline", "out_of_range",
     "overfit_one_batch", "show_batch", "unnormalize",
-    "GradNormRecorder", "layer_grad_norms", "linear_baseline", "majority_baseline",
+    "GradNormRecorder", "dead_fraction", "layer_grad_norms", "linear_baseline", "majority_baseline",
     "Atan", "Log", "MinMax", "Scaler", "Standardize",
     "CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state", "temp_path",
     # boxes and detection (Part 6)

@@ -99,6 +99,63 @@ class GradNormRecorder(Callback):
         return torch.tensor(list(self.norms.values()), dtype=torch.float64).T
 
 
+@torch.no_grad()
+def dead_fraction(model: nn.Module, x: torch.Tensor, *, activation: type[nn.Module] | tuple[type[nn.Module], ...] = nn.ReLU,
+                  per_layer: bool = False, batch_size: int = 1024) -> float | dict[str, float]:
+    r"""The fraction of "dead" units: those whose activation is :math:`\le 0` for every example of ``x``.
+
+    A ReLU unit that outputs 0 on every input gets no gradient (:math:`\operatorname{ReLU}'(a) = 0`
+    for :math:`a < 0`) and can never come back: a learning rate or an initialisation that is
+    too large kills units this way. A *unit* is one channel (dimension 1) of an activation
+    module's output: a column of ``[N, C]``, a feature map of ``[N, C, H, W]`` (dead when it is
+    0 at every position of every example). Forward hooks read the outputs of every module of
+    type ``activation``; the model is run in eval mode, in batches, and left as it was.
+
+    Args:
+        model: the network.
+        x: inputs, ``Tensor[N, ...]`` (moved to the model's device batch by batch).
+        activation: module type(s) whose outputs are units (default ``nn.ReLU``).
+        per_layer: return ``{module name: fraction}`` instead of one fraction over all units.
+        batch_size: examples per forward pass.
+
+    Returns:
+        The dead fraction over all units of all matching modules, or per module.
+
+    Raises:
+        ValueError: the model has no module of type ``activation``, or ``x`` is empty.
+    """
+    check_tensor("x", x)
+    if len(x) == 0:
+        raise ValueError("x is empty: a unit is dead only relative to some inputs")
+    names = [name for name, module in model.named_modules() if isinstance(module, activation)]
+    if not names:
+        raise ValueError(f"the model has no {activation} module to count units in")
+    alive: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def record(module, inputs, output):
+            fired = (output > 0).transpose(0, 1).reshape(output.shape[1], -1).any(dim=1)
+            alive[name] = fired | alive[name] if name in alive else fired
+        return record
+
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(hook(name)) for name in names]
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), x.device)
+    try:
+        model.eval()
+        for start in range(0, len(x), batch_size):
+            model(x[start:start + batch_size].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if per_layer:
+        return {name: 1.0 - alive[name].float().mean().item() for name in names}
+    units = torch.cat([alive[name] for name in names])
+    return 1.0 - units.float().mean().item()
+
+
 def majority_baseline(y_train: torch.Tensor, y_eval: torch.Tensor) -> float:
     """Accuracy on ``y_eval`` of always predicting the most frequent class of ``y_train``.
 
