@@ -151,9 +151,9 @@ def dead_fraction(model: nn.Module, x: torch.Tensor, *, activation: type[nn.Modu
             handle.remove()
         model.train(was_training)
     if per_layer:
-        return {name: 1.0 - alive[name].float().mean().item() for name in names}
+        return {name: int((~alive[name]).sum()) / alive[name].numel() for name in names}
     units = torch.cat([alive[name] for name in names])
-    return 1.0 - units.float().mean().item()
+    return int((~units).sum()) / units.numel()
 
 
 def majority_baseline(y_train: torch.Tensor, y_eval: torch.Tensor) -> float:
