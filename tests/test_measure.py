@@ -299,3 +299,26 @@ def test_payoff_draws_one_point_per_value():
         assert ax.get_xlabel() == "size" and "trick − base" in ax.get_ylabel()
         assert len(ax.collections) >= len(values)   # the seeds' dots, one collection per value
         plt.close(ax.figure)
+
+
+def test_within_is_an_equivalence_claim():
+    tight = Paired("acc", "a", "b", [0.001, -0.002, 0.0, 0.001, 0.002, -0.001])
+    assert tight.within(0.01) and not tight.within(0.001)
+    assert not Paired("acc", "a", "b", [0.05, -0.05, 0.04, -0.04, 0.05, -0.05]).within(0.01)
+    with pytest.raises(ValueError):
+        tight.within(0)
+
+
+def test_with_variant_adds_a_derived_variant():
+    c = compare(lambda shift, seed: {"acc": seed + shift, "loss": -seed}, {"a": 0.0, "b": 1.0}, seeds=range(6),
+                progress=False)
+    d = c.with_variant("ensemble", {"acc": [s + 2.0 for s in range(6)]})
+    assert d.variants == ["a", "b", "ensemble"] and c.variants == ["a", "b"]
+    assert d.paired("acc", "b", "ensemble").mean == 1.0
+    assert np.isnan(d.values("loss", "ensemble")).all()
+    with pytest.raises(ValueError, match="already"):
+        c.with_variant("a", {"acc": list(range(6))})
+    with pytest.raises(ValueError, match="one value per seed"):
+        c.with_variant("e", {"acc": [1.0]})
+    with pytest.raises(ValueError, match="unknown metrics"):
+        c.with_variant("e", {"nope": list(range(6))})

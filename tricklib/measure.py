@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from ._checks import check_choice, check_tensor
+from ._checks import check_choice, check_range, check_tensor
 from .harness import History
 from .runtime import progress as progress_bar
 from .runtime import seed_everything
@@ -172,6 +172,13 @@ class Paired:
         """+1 when clearly higher, −1 when clearly lower, 0 when not clear."""
         return 0 if not self.clear else (1 if self.mean > 0 else -1)
 
+    def within(self, margin: float) -> bool:
+        """True when the whole 95% interval lies inside ``(-margin, +margin)``: the seeds rule out
+        a difference as large as ``margin`` (an equivalence claim, which more seeds only make easier)."""
+        check_range("margin", margin, 0.0, low_open=True)
+        lo, hi = self.ci
+        return bool(-margin < lo and hi < margin)
+
     @property
     def word(self) -> str:
         """The verdict in words, one of "clearly higher/lower" (or "better/worse"), "no clear difference", "undefined"."""
@@ -240,6 +247,28 @@ class Comparison:
         if rows.empty:
             raise ValueError(f"unknown variant {variant!r}; have {self.variants}")
         return rows[metric].tolist()
+
+    def with_variant(self, name: str, values: Mapping[str, Sequence[float]]) -> Comparison:
+        """A copy with one more variant computed from the others, e.g. an ensemble of the runs.
+
+        Args:
+            name: the new variant's name (not already a variant).
+            values: ``{metric: [value per seed, in seed order]}`` for some or all metrics.
+
+        Returns:
+            A new :class:`Comparison`; histories and extras are shared with this one.
+        """
+        if name in self.variants:
+            raise ValueError(f"{name!r} is already a variant")
+        seeds = sorted(set(self.table["seed"]))
+        unknown = sorted(set(values) - set(self.metrics))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; have {self.metrics}")
+        for metric, vals in values.items():
+            if len(vals) != len(seeds):
+                raise ValueError(f"{metric!r} needs one value per seed ({len(seeds)}), got {len(vals)}")
+        rows = pd.DataFrame({"variant": name, "seed": seeds, **{m: list(map(float, v)) for m, v in values.items()}})
+        return Comparison(pd.concat([self.table, rows], ignore_index=True), self.histories, self.extras)
 
     def paired(self, metric: str, baseline: str, trick: str, *, better: str | None = None) -> Paired:
         """Per-seed difference ``trick − baseline`` of ``metric`` (same seeds, same data), with its verdict.
