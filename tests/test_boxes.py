@@ -483,6 +483,7 @@ def test_crowded_detections_size_density_and_errors():
     assert 0.5 < area(large) / area(small) < 2  # the image grows with the crowd: same density
     again, _ = crowded_detections(500, generator=torch.Generator().manual_seed(0))
     assert torch.equal(small, again)
-    for bad in ({"n_boxes": 0}, {"n_boxes": 10, "per_object": 0}, {"n_boxes": 2.5}):
-        with pytest.raises(ValueError):
+    for bad, error in (({"n_boxes": 0}, ValueError), ({"n_boxes": 10, "per_object": 0}, ValueError),
+                       ({"n_boxes": 2.5}, TypeError)):
+        with pytest.raises(error, match="n_boxes|per_object"):
             crowded_detections(**bad)

@@ -198,9 +198,9 @@ def test_seeds_refuse_a_bad_override(monkeypatch, bad):
         seeds()
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
-def test_seeds_refuse_a_bad_count(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_seeds_refuse_a_bad_count(bad, error):
+    with pytest.raises(error, match="small"):
         seeds(bad, 6)
 
 

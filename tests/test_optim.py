@@ -69,7 +69,7 @@ def test_adam_step_does_not_modify_grad():
 
 
 @pytest.mark.parametrize("kwargs,error", [
-    (dict(step=0), ValueError), (dict(step=1.0), ValueError), (dict(lr=-1.0), ValueError),
+    (dict(step=0), ValueError), (dict(step=1.0), TypeError), (dict(lr=-1.0), ValueError),
     (dict(betas=(1.0, 0.999)), ValueError), (dict(betas=(0.9, -0.1)), ValueError), (dict(betas=(0.9,)), ValueError),
     (dict(eps=-1e-8), ValueError), (dict(weight_decay=-0.1), ValueError), (dict(lr="0.1"), TypeError),
 ])

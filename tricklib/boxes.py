@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._checks import check_choice, check_finite, check_range, check_same_device, check_tensor
+from ._checks import check_choice, check_finite, check_int, check_range, check_same_device, check_tensor
 
 try:
     import numba
@@ -683,8 +683,7 @@ def detection_metrics(pred_boxes: Sequence[torch.Tensor], pred_scores: Sequence[
         raise ValueError("iou_thresholds must hold at least one threshold")
     for t in iou_thresholds:
         check_range("iou_thresholds", t, 0.0, 1.0)
-    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
-        raise ValueError(f"max_detections must be a positive int, got {max_detections!r}")
+    max_detections = check_int("max_detections", max_detections, 1)
     # COCO's matching threshold is min(t, 1 - 1e-10)
     thresholds = torch.tensor([min(t, 1 - 1e-10) for t in iou_thresholds], dtype=torch.float64)
 
@@ -786,10 +785,8 @@ def crowded_scene(n_objects: int, image_size: int = 512, overlap: tuple[float, f
     Returns:
         ``Tensor[K, 4]`` float32 ``(x1, y1, x2, y2)``, inside the image.
     """
-    if isinstance(n_objects, bool) or not isinstance(n_objects, int) or n_objects < 0:
-        raise ValueError(f"n_objects must be an int >= 0, got {n_objects!r}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+    n_objects = check_int("n_objects", n_objects, 0)
+    group_size = check_int("group_size", group_size, 1)
     check_range("image_size", image_size, 0.0, low_open=True)
     _check_interval("overlap", overlap, 0.0, 1.0)
     _check_interval("object_size", object_size, 0.0, 1.0 / 2.5)
@@ -835,8 +832,7 @@ def simulate_detections(gt_boxes: torch.Tensor, *, per_object: int = 20, jitter:
         ``M = K * per_object + round(false_positives * K)``.
     """
     _check_boxes("gt_boxes", gt_boxes)
-    if isinstance(per_object, bool) or not isinstance(per_object, int) or per_object < 1:
-        raise ValueError(f"per_object must be an int >= 1, got {per_object!r}")
+    per_object = check_int("per_object", per_object, 1)
     check_range("jitter", jitter, 0.0)
     check_range("false_positives", false_positives, 0.0)
     gt = gt_boxes.detach().cpu().double()
@@ -873,9 +869,7 @@ def crowded_detections(n_boxes: int, *, per_object: int = 20,
     Returns:
         ``(boxes, scores)`` as :func:`simulate_detections` returns them.
     """
-    for name, value in (("n_boxes", n_boxes), ("per_object", per_object)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    n_boxes, per_object = check_int("n_boxes", n_boxes, 1), check_int("per_object", per_object, 1)
     objects = max(1, n_boxes // per_object)
     grow = math.sqrt(max(objects, 25) / 25)
     gt = crowded_scene(objects, round(512 * grow), object_size=(0.04 / grow, 0.12 / grow), generator=generator)

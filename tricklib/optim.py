@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_range, check_tensor
+from ._checks import check_int, check_range, check_tensor
 
 #: Normalisation layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm); their
 #: scales and shifts are never decayed by :func:`param_groups`.
@@ -71,8 +71,7 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, ex
         check_tensor(name, t, floating=True)
         if t.shape != param.shape:
             raise ValueError(f"{name} must have the shape of param {tuple(param.shape)}, got {tuple(t.shape)}")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"step must be an int >= 1 (steps count from 1), got {step!r}")
+    step = check_int("step", step, 1)  # (steps count from 1)
     check_range("lr", lr, 0.0)
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
