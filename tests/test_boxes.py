@@ -86,6 +86,25 @@ def test_box_iou_equals_torchvision(dtype):
     assert box_iou(boxes1[:0], boxes2).shape == (0, 20)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("size", [10.0, 300.0, 2000.0])
+def test_box_iou_half_precision_is_computed_in_float32(dtype, size):
+    """Half areas overflow (float16: 300 x 300 > 65504) or round to 3 digits (bfloat16): upcast, as torchvision."""
+    g = torch.Generator().manual_seed(1)
+    corner = torch.rand(40, 2, generator=g) * size
+    boxes = torch.cat([corner, corner + (0.2 + torch.rand(40, 2, generator=g)) * size], 1).to(dtype)
+    ours = box_iou(boxes, boxes)
+    reference = box_iou(boxes.double(), boxes.double())  # the same (rounded) boxes in float64
+    assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
+    torch.testing.assert_close(ours.diagonal(), torch.ones(40))
+    torch.testing.assert_close(ours, reference.float(), rtol=1e-6, atol=1e-6)
+    # torchvision subtracts the corners in half precision before converting: equal to that rounding
+    torch.testing.assert_close(ours, torchvision.ops.box_iou(boxes, boxes), rtol=2e-2, atol=2e-2)
+    mixed = box_iou(boxes, boxes.float())
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, ours)
+    assert box_iou(boxes, boxes.double()).dtype == torch.float64
+
+
 # ----------------------------------------------------------------------------- Soft-NMS exactness
 
 @pytest.mark.parametrize("method", METHODS)

@@ -49,15 +49,21 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
         boxes2: ``Tensor[M, 4]`` float, same convention and device.
 
     Returns:
-        ``Tensor[N, M]``, the IoU of every pair, in the inputs' (promoted) dtype. Two
+        ``Tensor[N, M]``, the IoU of every pair, computed and returned in the inputs'
+        (promoted) dtype, float32 for float16/bfloat16 boxes: like torchvision, half inputs are computed in float32
+        (float16 areas overflow above 256 x 256 pixels, bfloat16 ones keep 3 digits). Two
         zero-area boxes give ``0 / 0 = nan``, as in torchvision. Equal to
-        ``torchvision.ops.box_iou`` (``tests/test_boxes.py``).
+        ``torchvision.ops.box_iou`` (``tests/test_boxes.py``; for half inputs to float16's
+        rounding, since torchvision subtracts the corners before converting).
     """
     check_tensor("boxes1", boxes1, ndim=2, last_dim=4, floating=True)
     check_tensor("boxes2", boxes2, ndim=2, last_dim=4, floating=True)
     check_same_device(boxes1=boxes1, boxes2=boxes2)
     _check_box_values("boxes1", boxes1)
     _check_box_values("boxes2", boxes2)
+    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    dtype = torch.float32 if dtype.itemsize < 4 else dtype  # (a no-op for float32 or float64 boxes)
+    boxes1, boxes2 = boxes1.to(dtype), boxes2.to(dtype)
     area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
     area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
     top_left = torch.max(boxes1[:, None, :2], boxes2[:, :2])
