@@ -89,3 +89,94 @@ def test_bad_inputs():
         focal_loss(torch.randn(4), torch.full((4,), 2.0))
     with pytest.raises(TypeError):
         focal_loss(torch.ones(4, dtype=torch.long), torch.ones(4))
+
+
+# --- the hand-written gradient ----------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [None, 0.25, 0.9])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.7])
+def test_gradcheck_logits_and_targets_float64(alpha, gamma):
+    g = torch.Generator().manual_seed(int(10 * gamma) + (0 if alpha is None else int(100 * alpha)))
+    logits = (3 * torch.randn(40, generator=g, dtype=torch.float64)).requires_grad_()
+    targets = (0.05 + 0.9 * torch.rand(40, generator=g, dtype=torch.float64)).requires_grad_()  # soft, inside (0, 1)
+    assert torch.autograd.gradcheck(lambda z, y: focal_loss(z, y, alpha=alpha, gamma=gamma), (logits, targets))
+    assert torch.autograd.gradcheck(lambda z: focal_loss(z, targets.detach().round(), alpha=alpha, gamma=gamma,
+                                                         reduction="sum"), (logits,))
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 5.0])
+@pytest.mark.parametrize("alpha", [None, 0.25])
+def test_target_gradient_at_exactly_zero_and_one_is_finite_and_equals_torchvision(gamma, alpha):
+    """Distillation from a saturated teacher: targets of exactly 0 or 1 that require grad."""
+    g = torch.Generator().manual_seed(3)
+    logits = 4 * torch.randn(200, generator=g, dtype=torch.float64)
+    targets = (torch.rand(200, generator=g, dtype=torch.float64) < 0.3).double().requires_grad_()
+    (ours,) = torch.autograd.grad(focal_loss(logits, targets, alpha=alpha, gamma=gamma).sum(), targets)
+    ref_targets = targets.detach().clone().requires_grad_()
+    (ref,) = torch.autograd.grad(sigmoid_focal_loss(logits, ref_targets, alpha=-1 if alpha is None else alpha,
+                                                    gamma=gamma).sum(), ref_targets)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 1.0, 2.0, 5.0])
+def test_extreme_logits_and_hard_targets_keep_every_gradient_finite(dtype, gamma):
+    z = torch.tensor([1e4, -1e4, 1e4, -1e4, 80.0, -80.0, 0.0, 20.0, -20.0]).repeat(3)
+    y = torch.tensor([0.0, 1.0, 0.5, 0.0, 1.0, 0.0, 1.0, 0.3, 0.7]).repeat_interleave(1).repeat(3)
+    y[9:18], y[18:] = 1 - y[:9], y[:9].round()
+    z, y = z.to(dtype).requires_grad_(), y.to(dtype).requires_grad_()
+    loss = focal_loss(z, y, gamma=gamma)
+    grad_z, grad_y = torch.autograd.grad(loss.sum(), (z, y))
+    assert loss.dtype == dtype and grad_z.dtype == dtype and grad_y.dtype == dtype
+    for t in (loss, grad_z, grad_y):
+        assert torch.isfinite(t).all()
+    if dtype == torch.float64:   # float64 keeps 1e4 exactly: the confidently wrong cost CE = 1e4
+        assert loss[2 * 9 + 0].item() == pytest.approx(0.75 * 1e4, rel=1e-12)
+
+
+def test_nan_targets_are_refused():
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        targets = torch.tensor([0.0, float("nan"), 1.0], dtype=dtype)
+        with pytest.raises(ValueError, match=r"targets must lie in \[0, 1\].*NaN"):
+            focal_loss(torch.zeros(3, dtype=dtype), targets)
+    with pytest.raises(ValueError, match="targets"):
+        focal_loss(torch.zeros(2), torch.tensor([0.5, float("inf")]))
+
+
+def test_bool_and_integer_targets_are_converted():
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    hard = torch.rand(6, 4, generator=torch.Generator().manual_seed(1)) < 0.3
+    expected = focal_loss(logits, hard.float())
+    for targets in (hard, hard.to(torch.uint8), hard.long()):
+        torch.testing.assert_close(focal_loss(logits, targets), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4, 5)])
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (None, 0.5), (0.5, 1.0), (0.75, 3.0)])
+def test_float32_matches_torchvision_values_and_gradients(shape, alpha, gamma):
+    g = torch.Generator().manual_seed(len(shape))
+    logits = (5 * torch.randn(shape, generator=g)).requires_grad_()
+    targets = (torch.rand(shape, generator=g) < 0.2).float()
+    targets.view(-1)[:2] = torch.tensor([0.3, 0.8])   # and a few soft targets
+    ours = focal_loss(logits, targets, alpha=alpha, gamma=gamma)
+    ref = sigmoid_focal_loss(logits, targets, alpha=-1 if alpha is None else alpha, gamma=gamma)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(ours.sum(), logits)[0], torch.autograd.grad(ref.sum(), logits)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_double_backward_refuses_instead_of_a_wrong_answer():
+    """A gradient penalty through focal_loss raises; it never differentiates a constant gradient silently."""
+    logits = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    loss = (focal_loss(logits, torch.ones(5, dtype=torch.float64)) * weights).sum()
+    (grad,) = torch.autograd.grad(loss, logits, create_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        grad.pow(2).sum().backward()
+
+
+def test_backward_twice_with_retained_graph_gives_the_same_gradient():
+    logits = torch.randn(8, requires_grad=True)
+    loss = focal_loss(logits, (torch.rand(8) < 0.5).float(), reduction="mean")
+    first = torch.autograd.grad(loss, logits, retain_graph=True)[0]
+    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], first, rtol=0, atol=0)
