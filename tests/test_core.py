@@ -101,6 +101,28 @@ def test_make_imbalanced_and_split():
         make_imbalanced(X, y, 0.0)
 
 
+@pytest.mark.parametrize("ratio", [1.5, 2.0, 10.0])
+def test_make_imbalanced_refuses_a_ratio_it_cannot_reach(ratio):
+    X, y = toy_2d("moons", 200, seed=0)                        # 100 of each class
+    with pytest.raises(ValueError, match=f"ratio={ratio}.*only subsamples"):
+        make_imbalanced(X, y, ratio)
+    with pytest.raises(ValueError, match="ratio"):
+        make_imbalanced(X, y, float("inf"))
+    _, yi = make_imbalanced(X, y, 1.0)                          # exactly reachable: all kept
+    assert int((yi == 1).sum()) == 100
+    _, yi = make_imbalanced(X, y, np.float32(0.25))
+    assert int((yi == 1).sum()) == 25
+
+
+@pytest.mark.parametrize("fractions", [(0.5, float("nan")), (float("nan"), 0.5, 0.5), (0.7, 0.3, float("inf")),
+                                       (1.2, -0.2), (0.0, 1.0), ()])
+def test_split_refuses_fractions_that_are_not_positive_and_summing_to_one(fractions):
+    X, y = toy_2d("moons", 100, seed=0)
+    with pytest.raises(ValueError, match="fractions"):
+        split(X, y, fractions)
+    assert [len(p[1]) for p in split(X, y, (np.float32(0.5), np.float64(0.5)))] == [50, 50]
+
+
 # --- harness -------------------------------------------------------------------------------------------------
 def test_fit_learns_and_records():
     seed_everything(0)

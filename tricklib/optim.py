@@ -159,11 +159,13 @@ def flood(loss: torch.Tensor, b: float) -> torch.Tensor:
     climbs back up: the training loss hovers around :math:`b` instead of going
     to zero. Apply it to the mini-batch *mean* loss, as in the paper (on a
     per-example loss it floods each example separately). At exactly
-    :math:`J=b` the gradient is zero.
+    :math:`J=b` the gradient is zero. The paper's losses are non-negative (cross-entropy,
+    squared error); :math:`b = 0` turns flooding off and returns ``loss`` itself, also for
+    a loss that can be negative (where :math:`|J| \ne J`).
 
     Args:
         loss: the training loss (a floating-point tensor, usually a scalar).
-        b: the flood level, :math:`b \ge 0` and finite (:math:`b=0` is the plain loss).
+        b: the flood level, :math:`b \ge 0` and finite (:math:`b=0`: the plain loss).
 
     Returns:
         The flooded loss, same shape and dtype as ``loss``. Checked in the tests
@@ -174,4 +176,6 @@ def flood(loss: torch.Tensor, b: float) -> torch.Tensor:
     check_range("b", b, 0.0)
     if not math.isfinite(b):
         raise ValueError(f"b must be finite, got {b}")
+    if b == 0:
+        return loss
     return (loss - b).abs() + b

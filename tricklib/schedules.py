@@ -65,10 +65,7 @@ def sgdr(T_0: int, T_mult: int = 1, eta_min_ratio: float = 0.0) -> Schedule:
     Equals ``CosineAnnealingWarmRestarts(optimizer, T_0, T_mult, eta_min=eta_min_ratio * lr)``
     stepped once per step.
     """
-    if T_0 < 1:
-        raise ValueError(f"T_0 must be >= 1, got {T_0}")
-    if T_mult < 1 or int(T_mult) != T_mult:
-        raise ValueError(f"T_mult must be an integer >= 1, got {T_mult}")
+    T_0, T_mult = check_int("T_0", T_0, 1), check_int("T_mult", T_mult, 1)
     check_range("eta_min_ratio", eta_min_ratio, 0.0, 1.0)
 
     def f(t: int) -> float:
@@ -91,10 +88,11 @@ def restart_steps(T_0: int, T_mult: int, total_steps: int) -> list[int]:
     """The steps at which SGDR cycles end (their last step, counting from 1), up to ``total_steps``.
 
     These are where a snapshot ensemble saves a model: the learning rate is at
-    its minimum there, just before it jumps back up.
+    its minimum there, just before it jumps back up. ``T_0`` and ``T_mult`` as in
+    :func:`sgdr` (integers >= 1: cycles of ``T_0 * T_mult**k`` steps), ``total_steps >= 0``.
     """
-    if T_0 < 1 or T_mult < 1:
-        raise ValueError(f"T_0 and T_mult must be >= 1, got {T_0} and {T_mult}")
+    T_0, T_mult = check_int("T_0", T_0, 1), check_int("T_mult", T_mult, 1)
+    total_steps = check_int("total_steps", total_steps, 0)
     ends, length, end = [], T_0, T_0
     while end <= total_steps:
         ends.append(end)
