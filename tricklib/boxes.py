@@ -50,11 +50,11 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
 
     Returns:
         ``Tensor[N, M]``, the IoU of every pair, computed and returned in the inputs'
-        (promoted) dtype, float32 for float16/bfloat16 boxes: like torchvision, half inputs are computed in float32
-        (float16 areas overflow above 256 x 256 pixels, bfloat16 ones keep 3 digits). Two
-        zero-area boxes give ``0 / 0 = nan``, as in torchvision. Equal to
-        ``torchvision.ops.box_iou`` (``tests/test_boxes.py``; for half inputs to float16's
-        rounding, since torchvision subtracts the corners before converting).
+        (promoted) dtype, float32 for float16/bfloat16 boxes: like torchvision, half
+        inputs are computed in float32 (float16 areas overflow above 256 x 256 pixels,
+        bfloat16 ones keep 3 digits). Two zero-area boxes give ``0 / 0 = nan``, as in
+        torchvision. Equal to ``torchvision.ops.box_iou`` (``tests/test_boxes.py``; for half
+        inputs to float16's rounding, since torchvision subtracts the corners before converting).
     """
     check_tensor("boxes1", boxes1, ndim=2, last_dim=4, floating=True)
     check_tensor("boxes2", boxes2, ndim=2, last_dim=4, floating=True)
@@ -112,10 +112,9 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0
     selected by the sequential algorithm before all of them, with that score, so all such
     boxes are selected in one round and their decays applied together. The Gaussian weight
     :math:`e^{\mathrm{IoU}^2 \cdot (-1/\sigma)}` is evaluated in float64 and rounded once to
-    the compute dtype. In float32 the compiled loop's own ``exp`` (a table and a polynomial,
-    within 1 float64 ulp of libm's, so that its loop vectorises) and torch's round to the same
-    value except for about one weight in 10^8 (then one float32 ulp apart), so both paths
-    give the same bits.
+    the compute dtype, by the same ``exp`` in both paths (a table and a polynomial, within 1
+    float64 ulp of libm's, so that the compiled loop vectorises; in torch the same float64
+    operations, one by one), so both paths give the same bits, in float32 and in float64.
     ``benchmarks/soft_nms.py`` times both against ``torchvision.ops.nms``.
 
     Args:
@@ -228,10 +227,10 @@ def _soft_nms_rounds(boxes, scores, idxs, order, lo, hi, iou_threshold, sigma, s
     if method == "linear":
         factor = 1 - iou
     elif method == "gaussian":
-        # the weight is evaluated in float64 (iou * iou is exact there) and rounded once, so
-        # that the compiled kernel (which computes exp otherwise) gets the same bits
+        # the weight is evaluated in float64 (iou * iou is exact there) with the compiled
+        # kernel's exp, written out in torch ops, and rounded once: the same bits in both paths
         iou = iou.double()
-        factor = torch.exp((iou * iou) * (-1.0 / sigma)).to(boxes.dtype)
+        factor = _exp_negative_torch((iou * iou) * (-1.0 / sigma)).to(boxes.dtype)
     else:
         factor = None
     return _select_rounds(scores, pair_i, pair_j, factor, score_threshold)
@@ -329,6 +328,33 @@ def _exp_constants(steps: int) -> tuple[float, float, float, np.ndarray]:
 
 
 _EXP_SCALE, _EXP_LN2_HIGH, _EXP_LN2_LOW, _EXP_TABLE = _exp_constants(64)
+# exp(x) = 0 below this (the result would be subnormal); above it 2^(k >> 6) is a normal float64
+_EXP_LOWEST = -708.0
+_EXP_SHIFT = 6755399441055744.0  # 1.5 * 2^52: adding it rounds to an integer, kept in the low bits
+_EXP_SHIFT_BITS = 4843621399236968448  # the bits of _EXP_SHIFT as an int64
+# e^r - 1 = r (1 + r (1/2 + r (1/6 + r (1/24 + r (1/120 + r / 720))))), the Horner steps' constants
+_EXP_HORNER = (1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0)
+
+
+def _exp_negative_torch(x: torch.Tensor) -> torch.Tensor:
+    """``exp(x)`` for float64 ``x <= 0``, operation for operation the compiled ``_exp_negative``.
+
+    Every step is one IEEE float64 operation (no fused multiply-add) on any device, so the
+    result has the same bits as the compiled kernel's: both Soft-NMS paths decay by the same
+    Gaussian weights (``tests/test_boxes.py`` checks 10^6 arguments).
+    """
+    clamped = x.clamp(min=_EXP_LOWEST)
+    shifted = clamped * _EXP_SCALE + _EXP_SHIFT
+    k = shifted - _EXP_SHIFT
+    r = (clamped - k * _EXP_LN2_HIGH) - k * _EXP_LN2_LOW
+    p = torch.full_like(r, _EXP_HORNER[0])
+    for c in _EXP_HORNER[1:]:
+        p = p * r + c
+    p = p * r
+    k_int = shifted.view(torch.int64) - _EXP_SHIFT_BITS
+    t = torch.as_tensor(_EXP_TABLE, device=x.device)[k_int & 63]
+    scale = (((k_int >> 6) + 1023) << 52).view(torch.float64)
+    return ((t + t * p) * scale).masked_fill(x < _EXP_LOWEST, 0.0)
 
 if numba is not None:
 
@@ -355,22 +381,24 @@ if numba is not None:
         # calling it vectorises (libm's exp does not): exp(x) = 2^(k / 64) e^r with k the integer
         # nearest 64 x / ln 2 (found by adding 1.5 * 2^52, whose last bits then hold k), so
         # |r| <= ln 2 / 128; 2^(k / 64) = 2^(k >> 6) times a table entry, and e^r its Taylor
-        # polynomial of degree 5 (truncation error < 4e-17). Rounded to float32 it gives
-        # libm's float32 value but for about one argument in 10^8 (tests/test_boxes.py).
-        x = max(x, -200.0)  # far below float32's smallest value; keeps 2^k a normal float64
-        shifted = x * _EXP_SCALE + 6755399441055744.0
-        k = shifted - 6755399441055744.0
-        r = (x - k * _EXP_LN2_HIGH) - k * _EXP_LN2_LOW
-        p = 1.0 / 720.0  # e^r - 1 by Horner's rule
+        # polynomial of degree 5 (truncation error < 4e-17); 0 below -708 (where exp is
+        # subnormal). Rounded to float32 it gives libm's float32 value but for about one
+        # argument in 10^8 (tests/test_boxes.py). _exp_negative_torch is the same in torch ops.
+        clamped = max(x, _EXP_LOWEST)
+        shifted = clamped * _EXP_SCALE + _EXP_SHIFT
+        k = shifted - _EXP_SHIFT
+        r = (clamped - k * _EXP_LN2_HIGH) - k * _EXP_LN2_LOW
+        p = 1.0 / 720.0  # e^r - 1 by Horner's rule (the constants of _EXP_HORNER)
         p = p * r + 1.0 / 120.0
         p = p * r + 1.0 / 24.0
         p = p * r + 1.0 / 6.0
         p = p * r + 0.5
         p = p * r + 1.0
         p = p * r
-        k_int = np.int64(np.float64(shifted).view(np.int64) - 4843621399236968448)  # k
+        k_int = np.int64(np.float64(shifted).view(np.int64) - _EXP_SHIFT_BITS)  # k
         t = _EXP_TABLE[k_int & 63]
-        return (t + t * p) * np.int64(((k_int >> 6) + 1023) << 52).view(np.float64)
+        value = (t + t * p) * np.int64(((k_int >> 6) + 1023) << 52).view(np.float64)
+        return 0.0 if x < _EXP_LOWEST else value
 
     @numba.njit(cache=True, inline="always")
     def _largest(values):
@@ -519,7 +547,6 @@ if numba is not None:
             block_best[block] = _largest(key[block * size:block * size + size])
 
         min_iou = 0.0 if method == 1 else iou_threshold
-        float32 = boxes.itemsize == 4
         selected = np.empty(n, np.int64)
         kept = np.empty(n, boxes.dtype)
         k = 0
@@ -586,7 +613,7 @@ if numba is not None:
                         hits += hit
                         removed = -np.inf if hit else score[v]
                         done += _settle(score, sx2, v, removed, score_threshold) & (v < high)
-                elif float32:  # gaussian: the weight in float64, rounded as in _soft_nms_rounds
+                else:  # gaussian: the weight in float64, rounded as in _soft_nms_rounds
                     for v in range(low, stop):
                         overlap = _overlap(px1, py1, px2, py2, area, sx1[v], sy1[v], sx2[v], sy2[v],
                                            sarea[v], zero)
@@ -594,15 +621,6 @@ if numba is not None:
                         hits += hit
                         wide = np.float64(overlap)
                         weight = dtype(_exp_negative((wide * wide) * gaussian_scale))
-                        decayed = score[v] * weight if hit else score[v]
-                        done += _settle(score, sx2, v, decayed, score_threshold) & (v < high)
-                else:  # gaussian in float64, with libm's exp
-                    for v in range(low, stop):
-                        overlap = _overlap(px1, py1, px2, py2, area, sx1[v], sy1[v], sx2[v], sy2[v],
-                                           sarea[v], zero)
-                        hit = (overlap > min_iou) & (slabel[v] == label) & (v < high)
-                        hits += hit
-                        weight = math.exp((overlap * overlap) * gaussian_scale)
                         decayed = score[v] * weight if hit else score[v]
                         done += _settle(score, sx2, v, decayed, score_threshold) & (v < high)
                 if hits == 0:
