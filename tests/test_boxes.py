@@ -237,6 +237,72 @@ def test_backends_agree_bit_for_bit_on_the_gaussian_in_any_dtype(monkeypatch, dt
                                keep[kept.double() >= threshold])
 
 
+# ----------------------------------------------------------------------------- pure-torch memory
+
+@pytest.mark.parametrize("budget", [1, 50, 3000])
+def test_torch_rounds_by_blocks_give_the_same_bits(monkeypatch, budget):
+    """A small pair budget splits the boxes into many blocks: every result stays the same, bit for bit."""
+    monkeypatch.setattr(boxes_module, "numba", None)
+    cases = [(scene(seed, n_objects=8), {}) for seed in range(3)]
+    cases += [(scene(0, quantized=True), {"score_threshold": 0.0}), (scene(1, dtype=torch.float64), {}),
+              (crowded_detections(600, generator=torch.Generator().manual_seed(2)), {})]
+    calls = []
+    for (b, s), kwargs in cases:
+        idxs = torch.randint(3, (len(s),), generator=torch.Generator().manual_seed(len(s)))
+        calls += [lambda b=b, s=s, m=m, kw=kwargs: soft_nms(b, s, method=m, **kw) for m in METHODS]
+        calls.append(lambda b=b, s=s, i=idxs, kw=kwargs: batched_soft_nms(b, s, i, method="gaussian", **kw))
+    expected = [call() for call in calls]
+    monkeypatch.setattr(boxes_module, "_PAIR_BUDGET", budget)
+    for call, (keep, kept) in zip(calls, expected):
+        keep_blocks, kept_blocks = call()
+        assert torch.equal(keep_blocks, keep) and torch.equal(kept_blocks, kept)
+
+
+def test_torch_rounds_form_at_most_the_budget_of_pairs_at_once(monkeypatch):
+    """Proposals on one object overlap pairwise: the pairs are formed block by block, within the budget."""
+    monkeypatch.setattr(boxes_module, "numba", None)
+    monkeypatch.setattr(boxes_module, "_PAIR_BUDGET", 20_000)
+    sizes = []
+    real = boxes_module._block_pairs
+
+    def recording(*args):
+        pairs = real(*args)
+        sizes.append(pairs[0].numel())
+        return pairs
+
+    monkeypatch.setattr(boxes_module, "_block_pairs", recording)
+    gt = torch.tensor([[100.0, 100.0, 300.0, 400.0]])
+    b, s = simulate_detections(gt, per_object=1500, false_positives=0.0, generator=torch.Generator().manual_seed(0))
+    keep, kept = soft_nms(b, s, method="gaussian")
+    ref_keep, ref_kept = soft_nms_reference(b, s, method="gaussian")
+    assert torch.equal(keep, ref_keep)
+    torch.testing.assert_close(kept, ref_kept, rtol=1e-5, atol=0)
+    assert len(sizes) > 1 and max(sizes) <= 20_000 < 1500 * 1499 // 2
+
+
+def test_torch_rounds_on_20000_proposals_of_one_object_fit_in_1_gib(tmp_path):
+    """Peak resident memory of a fresh process (torch does not report to tracemalloc)."""
+    import subprocess
+    import sys
+    script = tmp_path / "one_object.py"
+    script.write_text(
+        "import resource, torch\n"
+        "import tricklib.boxes as boxes\n"
+        "boxes.numba = None\n"
+        "gt = torch.tensor([[100.0, 100.0, 300.0, 400.0]])\n"
+        "b, s = boxes.simulate_detections(gt, per_object=20000, false_positives=0.0,\n"
+        "                                 generator=torch.Generator().manual_seed(0))\n"
+        "boxes.soft_nms(b[:50], s[:50], method='gaussian')\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "keep, _ = boxes.soft_nms(b, s, method='gaussian')\n"
+        "print(len(keep), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
+    root = __import__("pathlib").Path(boxes_module.__file__).parents[1]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)}, check=True).stdout.split()
+    kept, extra_bytes = int(out[0]), int(out[1])
+    assert kept > 0 and extra_bytes < 2**30, f"{extra_bytes / 2**20:.0f} MiB"
+
+
 def test_selection_order_is_score_then_index(backend):
     b, s = scene(3, quantized=True)
     idxs = torch.randint(3, (len(s),), generator=torch.Generator().manual_seed(3))

@@ -110,7 +110,10 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0
     numba) torch runs it in rounds over the overlapping pairs (found by a sweep in ``x1``
     order): a box whose current score beats every remaining box within two overlap steps is
     selected by the sequential algorithm before all of them, with that score, so all such
-    boxes are selected in one round and their decays applied together. The Gaussian weight
+    boxes are selected in one round and their decays applied together. When the pairs of
+    all boxes would not fit in a fixed budget (2^21 candidates, a few hundred MiB: 20,000
+    proposals on one object make 2 x 10^8), they are formed for a block of the best-ranked
+    boxes at a time, with the same results. The Gaussian weight
     :math:`e^{\mathrm{IoU}^2 \cdot (-1/\sigma)}` is evaluated in float64 and rounded once to
     the compute dtype, by the same ``exp`` in both paths (a table and a polynomial, within 1
     float64 ulp of libm's, so that the compiled loop vectorises; in torch the same float64
@@ -220,38 +223,108 @@ def _sweep_order(boxes: torch.Tensor, idxs: torch.Tensor | None):
     return order, lo, hi[order]
 
 
+#: Candidate pairs (boxes whose x-ranges overlap) that the pure-torch Soft-NMS forms at once.
+#: Each costs about 150 bytes at the peak (indices, gathered boxes, IoU), so a block of boxes
+#: whose pairs fit in this needs a few hundred MiB however crowded the scene.
+_PAIR_BUDGET = 1 << 21
+
+
 def _soft_nms_rounds(boxes, scores, idxs, order, lo, hi, iou_threshold, sigma, score_threshold, method):
-    """Soft-NMS in pure torch (any device): overlapping pairs, then selection rounds."""
+    """Soft-NMS in pure torch (any device): selection rounds over the overlapping pairs, by blocks.
+
+    The pairs of all boxes can outgrow memory (20,000 proposals on one object make 2 x 10^8),
+    so they are formed for a block at a time: the best-ranked remaining boxes whose candidate
+    pairs fit in ``_PAIR_BUDGET`` (at least one box; all of them when they fit, as in most
+    scenes), paired with every remaining box. Rounds then select within the block
+    (:func:`_select_rounds`) until the best remaining box lies outside it, and the next block
+    is formed from the boxes still remaining.
+    """
     min_iou = 0.0 if method == "gaussian" else iou_threshold
-    pair_i, pair_j, iou = _overlapping_pairs_torch(boxes, idxs, order, lo, hi, min_iou)
-    if method == "linear":
-        factor = 1 - iou
-    elif method == "gaussian":
-        # the weight is evaluated in float64 (iou * iou is exact there) with the compiled
-        # kernel's exp, written out in torch ops, and rounded once: the same bits in both paths
-        iou = iou.double()
-        factor = _exp_negative_torch((iou * iou) * (-1.0 / sigma)).to(boxes.dtype)
-    else:
-        factor = None
-    return _select_rounds(scores, pair_i, pair_j, factor, score_threshold)
+    n = scores.numel()
+    device = scores.device
+    score = scores.clone()
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    chosen_nodes: list[torch.Tensor] = []
+    chosen_scores: list[torch.Tensor] = []
+    while True:
+        live = active[order]
+        sweep = order[live]                   # the remaining boxes in sweep order
+        if sweep.numel() == 0:
+            break
+        # candidates of sweep position p: positions p+1 .. ends[p]-1 (their lo lies in p's range)
+        ends = torch.searchsorted(lo[live], hi[live], right=True)
+        block = _block(score, active, sweep, ends)
+        pair_i, pair_j = _block_pairs(sweep, ends, block)
+        iou = _pair_iou(boxes[pair_i], boxes[pair_j])
+        keep = iou.double() > min_iou
+        if idxs is not None:
+            keep &= idxs[pair_i] == idxs[pair_j]
+        pair_i, pair_j, iou = pair_i[keep], pair_j[keep], iou[keep]
+        if method == "linear":
+            factor = 1 - iou
+        elif method == "gaussian":
+            # the weight is evaluated in float64 (iou * iou is exact there) with the compiled
+            # kernel's exp, written out in torch ops, and rounded once: the same bits in both paths
+            iou = iou.double()
+            factor = _exp_negative_torch((iou * iou) * (-1.0 / sigma)).to(boxes.dtype)
+        else:
+            factor = None
+        del iou, keep
+        _select_rounds(score, active, block, pair_i, pair_j, factor, score_threshold, chosen_nodes, chosen_scores)
+    selected, kept = torch.cat(chosen_nodes), torch.cat(chosen_scores)
+    # The sequential loop selects in order of score (descending), ties by index.
+    selected, by_index = selected.sort()
+    kept, by_score = kept[by_index].sort(descending=True, stable=True)
+    return selected[by_score], kept
 
 
-def _overlapping_pairs_torch(boxes, idxs, order, lo, hi, min_iou):
-    """All pairs ``(i, j)`` (indices into ``boxes``) of the same class with IoU > ``min_iou``."""
-    n = boxes.shape[0]
-    device = boxes.device
-    # Candidates of the box at sorted position p: positions p+1 .. end[p]-1.
-    start = torch.arange(1, n + 1, device=device)
-    counts = (torch.searchsorted(lo, hi, right=True) - start).clamp_(min=0)
-    first = torch.repeat_interleave(torch.arange(n, device=device), counts)
+def _ranked(score: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Box indices by current score, descending, ties by lower index; the remaining boxes first."""
+    return torch.sort(score.masked_fill(~active, -math.inf), descending=True, stable=True).indices
+
+
+def _block(score, active, sweep, ends):
+    """The best-ranked remaining boxes whose candidate pairs (with any remaining box) fit in the budget."""
+    m = sweep.numel()
+    device = sweep.device
+    after = torch.arange(1, m + 1, device=device)
+    later = ends - after  # a position's later candidates: positions p+1 .. ends[p]-1
+    if int(later.sum()) <= _PAIR_BUDGET:
+        return active.clone()  # all pairs fit (most scenes): one block, the rounds of old
+    # and the earlier positions q whose range covers it (q + 1 <= p < ends[q]), counted by a
+    # difference array; a prefix of the ranking whose counts sum to the budget has at most
+    # that many pairs (a pair inside the block is counted twice)
+    cover = torch.zeros(m + 1, dtype=torch.int64, device=device)
+    cover.index_add_(0, after, torch.ones_like(after)).index_add_(0, ends, -torch.ones_like(ends))
+    degree = torch.zeros_like(score, dtype=torch.int64)
+    degree[sweep] = later + torch.cumsum(cover, 0)[:m]
+    ranked = _ranked(score, active)[:m]
+    size = max(1, int(torch.searchsorted(torch.cumsum(degree[ranked], 0), _PAIR_BUDGET, right=True)))
+    block = torch.zeros_like(active)
+    block[ranked[:size]] = True
+    return block
+
+
+def _ranges(owners: torch.Tensor, begins: torch.Tensor, counts: torch.Tensor):
+    """``owners[k]`` repeated ``counts[k]`` times, beside ``begins[k], begins[k] + 1, ...``."""
+    which = torch.repeat_interleave(torch.arange(owners.numel(), device=owners.device), counts)
     offsets = torch.cumsum(counts, 0) - counts
-    second = torch.arange(first.numel(), device=device) - offsets[first] + start[first]
-    pair_i, pair_j = order[first], order[second]
-    iou = _pair_iou(boxes[pair_i], boxes[pair_j])
-    keep = iou.double() > min_iou
-    if idxs is not None:
-        keep &= idxs[pair_i] == idxs[pair_j]
-    return pair_i[keep], pair_j[keep], iou[keep]
+    return owners[which], torch.arange(which.numel(), device=owners.device) - offsets[which] + begins[which]
+
+
+def _block_pairs(sweep, ends, block):
+    """The candidate pairs ``(i, j)`` (box indices) with ``i`` or ``j`` in ``block``."""
+    m = sweep.numel()
+    after = torch.arange(1, m + 1, device=sweep.device)
+    member = block[sweep]
+    members = torch.nonzero(member).flatten()       # sweep positions of the block, ascending
+    others = torch.nonzero(~member).flatten()
+    # a block box pairs with all its later candidates ...
+    first, second = _ranges(members, after[members], ends[members] - after[members])
+    # ... a box outside the block with those that are block members: a slice of `members`
+    begin = torch.searchsorted(members, after[others])
+    outside, at = _ranges(others, begin, torch.searchsorted(members, ends[others]) - begin)
+    return sweep[torch.cat([first, outside])], sweep[torch.cat([second, members[at]])]
 
 
 def _pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -272,28 +345,33 @@ def _neighbourhood_min(value: torch.Tensor, pair_i: torch.Tensor, pair_j: torch.
     return out
 
 
-def _select_rounds(scores, pair_i, pair_j, factor, score_threshold):
-    """Soft-NMS selection in parallel rounds (pure torch, any device).
+def _select_rounds(score, active, block, pair_i, pair_j, factor, score_threshold, chosen_nodes, chosen_scores):
+    """Soft-NMS selection in parallel rounds (pure torch, any device), within one block.
 
     A round selects every box that beats all remaining boxes within two steps of the
     overlap graph (by current score, ties by lower index). Such a box is selected by the
     sequential algorithm before any of them with its current score, and no box gets two
     decays in one round, nor a decay before one that the sequential loop applies
-    earlier, so the scores are the sequential loop's bit for bit. ``factor=None`` is
-    hard NMS: overlapping boxes are removed.
+    earlier, so the scores are the sequential loop's bit for bit. Selecting only some of
+    these boxes in a round keeps that true, so a round selects those in ``block`` that
+    also rank above every remaining box outside it: a better-ranked box within two steps
+    of such a box is then in the block, and every pair (edge) that can matter has an end
+    in the block, as the given pairs do. ``factor=None`` is hard NMS: overlapping boxes are
+    removed. Updates ``score`` and ``active`` in place, appends to the two lists, and
+    returns when no box of the block can be selected.
     """
-    n = scores.numel()
-    device = scores.device
-    score = scores.clone()
-    active = torch.ones(n, dtype=torch.bool, device=device)
-    position = torch.arange(n, device=device)
-    chosen_nodes, chosen_scores = [], []
-    while active.any():
-        order = torch.sort(score.masked_fill(~active, -math.inf), descending=True, stable=True).indices
-        rank = torch.empty_like(order)
-        rank[order] = position
+    n = score.numel()
+    position = torch.arange(n, device=score.device)
+    rank = torch.empty_like(position)
+    outside = active & ~block
+    while True:
+        rank[_ranked(score, active)] = position
+        # the best rank outside the block: only block boxes ranked above it may be selected
+        limit = rank.masked_fill(~outside, n).min()
         best = _neighbourhood_min(_neighbourhood_min(rank, pair_i, pair_j), pair_i, pair_j)
-        chosen = active & (best == rank)
+        chosen = active & block & (best == rank) & (rank < limit)
+        if not chosen.any():
+            return
         chosen_nodes.append(position[chosen])
         chosen_scores.append(score[chosen])
         from_i, from_j = chosen[pair_i], chosen[pair_j]
@@ -304,14 +382,10 @@ def _select_rounds(scores, pair_i, pair_j, factor, score_threshold):
             score[target] *= torch.cat([factor[from_i], factor[from_j]])
             active[target[score[target].double() < score_threshold]] = False
         active[chosen] = False
+        outside &= active
         live = active[pair_i] & active[pair_j]
         pair_i, pair_j = pair_i[live], pair_j[live]
         factor = None if factor is None else factor[live]
-    selected, kept = torch.cat(chosen_nodes), torch.cat(chosen_scores)
-    # The sequential loop selects in order of score (descending), ties by index.
-    selected, by_index = selected.sort()
-    kept, by_score = kept[by_index].sort(descending=True, stable=True)
-    return selected[by_score], kept
 
 
 def _exp_constants(steps: int) -> tuple[float, float, float, np.ndarray]:
