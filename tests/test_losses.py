@@ -196,6 +196,17 @@ def test_backward_twice_with_retained_graph_gives_the_same_gradient(path):
     torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], first, rtol=0, atol=0)
 
 
+def test_non_contiguous_inputs(path):
+    g = torch.Generator().manual_seed(4)
+    logits = (3 * torch.randn(6, 9, generator=g)).t().requires_grad_()      # transposed: strides (1, 9)
+    targets = (torch.rand(12, 9, generator=g)[::2] < 0.3).float().t()       # every other row, transposed
+    ours = focal_loss(logits, targets)
+    ref = sigmoid_focal_loss(logits, targets)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(torch.autograd.grad(ours.sum(), logits)[0], torch.autograd.grad(ref.sum(), logits)[0],
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_the_two_paths_agree_to_rounding(monkeypatch):
     """The kernel computes in float64 without cancellation, the torch ops as torchvision does."""
     if losses_module.numba is None:
