@@ -171,9 +171,10 @@ def test_compare_takes_numpy_and_tensor_numbers_as_metrics():
 
 def test_compare_takes_every_kind_of_real_scalar_and_leaves_the_rest_in_extras():
     def run(_, seed):
-        return {"f16": np.float16(seed / 4), "array0d": np.array(seed * 1.5), "bf16": torch.tensor(seed, dtype=torch.bfloat16),
-                "tensor_bool": torch.tensor(seed % 2 == 0), "uint8": np.uint8(seed), "py_bool": bool(seed % 2),
-                "complex": 1j * seed, "tensor_complex": torch.tensor(1j), "array1d": np.ones(2), "one_elem": torch.ones(1)}
+        return {"f16": np.float16(seed / 4), "array0d": np.array(seed * 1.5),
+                "bf16": torch.tensor(seed, dtype=torch.bfloat16), "tensor_bool": torch.tensor(seed % 2 == 0),
+                "uint8": np.uint8(seed), "py_bool": bool(seed % 2), "complex": 1j * seed,
+                "tensor_complex": torch.tensor(1j), "array1d": np.ones(2), "one_elem": torch.ones(1)}
 
     c = compare(run, {"a": None, "b": None}, seeds=range(6), progress=False)
     assert set(c.metrics) == {"f16", "array0d", "bf16", "tensor_bool", "uint8", "py_bool"}

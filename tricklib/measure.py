@@ -419,7 +419,8 @@ def median_times_ms(functions: Sequence[Callable[[], object]], *, rounds: int = 
     wall-clock time, with CUDA synchronised before and after each call on a CUDA ``device``.
     """
     functions = list(functions)
-    rounds, repeats, warmup = check_int("rounds", rounds, 1), check_int("repeats", repeats, 1), check_int("warmup", warmup, 0)
+    rounds, repeats = check_int("rounds", rounds, 1), check_int("repeats", repeats, 1)
+    warmup = check_int("warmup", warmup, 0)
     if not all(callable(function) for function in functions):
         raise TypeError("functions must be callables taking no arguments")
     device = torch.device("cpu" if device is None else device)
