@@ -86,6 +86,25 @@ def test_box_iou_equals_torchvision(dtype):
     assert box_iou(boxes1[:0], boxes2).shape == (0, 20)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("size", [10.0, 300.0, 2000.0])
+def test_box_iou_half_precision_is_computed_in_float32(dtype, size):
+    """Half areas overflow (float16: 300 x 300 > 65504) or round to 3 digits (bfloat16): upcast, as torchvision."""
+    g = torch.Generator().manual_seed(1)
+    corner = torch.rand(40, 2, generator=g) * size
+    boxes = torch.cat([corner, corner + (0.2 + torch.rand(40, 2, generator=g)) * size], 1).to(dtype)
+    ours = box_iou(boxes, boxes)
+    reference = box_iou(boxes.double(), boxes.double())  # the same (rounded) boxes in float64
+    assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
+    torch.testing.assert_close(ours.diagonal(), torch.ones(40))
+    torch.testing.assert_close(ours, reference.float(), rtol=1e-6, atol=1e-6)
+    # torchvision subtracts the corners in half precision before converting: equal to that rounding
+    torch.testing.assert_close(ours, torchvision.ops.box_iou(boxes, boxes), rtol=2e-2, atol=2e-2)
+    mixed = box_iou(boxes, boxes.float())
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, ours)
+    assert box_iou(boxes, boxes.double()).dtype == torch.float64
+
+
 # ----------------------------------------------------------------------------- Soft-NMS exactness
 
 @pytest.mark.parametrize("method", METHODS)
@@ -143,10 +162,20 @@ def test_backends_agree_on_a_large_crowd(monkeypatch):
         assert torch.equal(keep, soft_nms_reference(b, s, method=method)[0])
 
 
+def exp_arguments():
+    """Gaussian exponents -IoU^2 / sigma for float32 IoUs, and the edges of the range."""
+    g = np.random.default_rng(0)
+    iou = g.random(10**6).astype(np.float32).astype(np.float64)
+    return np.concatenate([(iou * iou) * scale for scale in (-2.0, -1 / 0.1, -1 / 0.01, -1 / 0.0005)]
+                          + [-750 * g.random(10**5), -g.random(10**5) * 1e-6,
+                             [0.0, -0.0, -5e-324, -1e-300, -87.3, -103.9, -104.0, -150.0, -200.0, -707.9,
+                              -708.0, -708.1, -745.2, -1e4, -np.inf]])
+
+
 def test_compiled_exp_rounds_like_libm():
     """The kernel's own exp (table and polynomial, so that its loop vectorises) is within
-    2 ulp of libm's exp in float64 and rounds to the same float32 value but for about one
-    argument in 10^8 (measured: 3 in 4 x 10^8)."""
+    1 ulp of libm's exp in float64 down to -708 (0 below) and rounds to the same float32
+    value but for about one argument in 10^8 (measured: 3 in 4 x 10^8)."""
     if boxes_module.numba is None:
         pytest.skip("numba is not installed")
     numba = boxes_module.numba
@@ -158,15 +187,120 @@ def test_compiled_exp_rounds_like_libm():
             ours[t], libm[t] = boxes_module._exp_negative(x[t]), math.exp(x[t])
         return ours, libm
 
-    g = np.random.default_rng(0)
-    iou = g.random(10**6).astype(np.float32).astype(np.float64)
-    x = np.concatenate([(iou * iou) * scale for scale in (-2.0, -1 / 0.1, -1 / 0.01)]
-                       + [-200 * g.random(10**5), -g.random(10**5) * 1e-6,
-                          [0.0, -0.0, -5e-324, -1e-300, -87.3, -103.9, -104.0, -150.0, -200.0, -1e4]])
+    x = exp_arguments()
     ours, libm = both(x)
     assert (ours.astype(np.float32) != libm.astype(np.float32)).sum() <= len(x) // 10**6
-    normal = x >= -200  # (below, ours stops at exp(-200): still 0 in float32)
-    np.testing.assert_allclose(ours[normal], libm[normal], rtol=4.5e-16, atol=0)
+    normal = x >= -708
+    np.testing.assert_allclose(ours[normal], libm[normal], rtol=2.3e-16, atol=0)
+    assert (ours[~normal] == 0).all() and (libm[~normal] <= math.exp(-708)).all()
+
+
+def test_torch_exp_has_the_compiled_exps_bits():
+    """Both Soft-NMS paths decay by the same Gaussian weights, float64 included."""
+    x = torch.from_numpy(exp_arguments())
+    ours = boxes_module._exp_negative_torch(x)
+    np.testing.assert_allclose(ours[x >= -708].numpy(), np.exp(x[x >= -708].numpy()), rtol=2.3e-16, atol=0)
+    assert (ours[x < -708] == 0).all()
+    if boxes_module.numba is None:
+        pytest.skip("numba is not installed")
+    numba = boxes_module.numba
+
+    @numba.njit
+    def compiled(x):
+        out = np.empty_like(x)
+        for t in range(x.shape[0]):
+            out[t] = boxes_module._exp_negative(x[t])
+        return out
+
+    assert np.array_equal(compiled(x.numpy()).view(np.int64), ours.numpy().view(np.int64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("sigma", [0.5, 0.05, 0.001])
+def test_backends_agree_bit_for_bit_on_the_gaussian_in_any_dtype(monkeypatch, dtype, sigma):
+    """float64 used libm's exp in the kernel and torch's exp otherwise: kept scores 1 ulp apart."""
+    if boxes_module.numba is None:
+        pytest.skip("numba is not installed")
+    runs = []
+    for seed in range(2):
+        b, s = crowded_detections(400, generator=torch.Generator().manual_seed(seed))
+        runs.append((b.to(dtype), s.to(dtype)))
+    compiled = [soft_nms(b, s, method="gaussian", sigma=sigma, score_threshold=0.0) for b, s in runs]
+    monkeypatch.setattr(boxes_module, "numba", None)
+    for (b, s), (keep, kept) in zip(runs, compiled):
+        keep_torch, kept_torch = soft_nms(b, s, method="gaussian", sigma=sigma, score_threshold=0.0)
+        assert torch.equal(keep, keep_torch) and torch.equal(kept, kept_torch)
+        # and so a threshold placed between two kept scores cuts both paths at the same place
+        for cut in kept[len(kept) // 3::len(kept) // 3]:
+            threshold = float(cut)
+            assert torch.equal(soft_nms(b, s, method="gaussian", sigma=sigma, score_threshold=threshold)[0],
+                               keep[kept.double() >= threshold])
+
+
+# ----------------------------------------------------------------------------- pure-torch memory
+
+@pytest.mark.parametrize("budget", [1, 50, 3000])
+def test_torch_rounds_by_blocks_give_the_same_bits(monkeypatch, budget):
+    """A small pair budget splits the boxes into many blocks: every result stays the same, bit for bit."""
+    monkeypatch.setattr(boxes_module, "numba", None)
+    cases = [(scene(seed, n_objects=8), {}) for seed in range(3)]
+    cases += [(scene(0, quantized=True), {"score_threshold": 0.0}), (scene(1, dtype=torch.float64), {}),
+              (crowded_detections(600, generator=torch.Generator().manual_seed(2)), {})]
+    calls = []
+    for (b, s), kwargs in cases:
+        idxs = torch.randint(3, (len(s),), generator=torch.Generator().manual_seed(len(s)))
+        calls += [lambda b=b, s=s, m=m, kw=kwargs: soft_nms(b, s, method=m, **kw) for m in METHODS]
+        calls.append(lambda b=b, s=s, i=idxs, kw=kwargs: batched_soft_nms(b, s, i, method="gaussian", **kw))
+    expected = [call() for call in calls]
+    monkeypatch.setattr(boxes_module, "_PAIR_BUDGET", budget)
+    for call, (keep, kept) in zip(calls, expected):
+        keep_blocks, kept_blocks = call()
+        assert torch.equal(keep_blocks, keep) and torch.equal(kept_blocks, kept)
+
+
+def test_torch_rounds_form_at_most_the_budget_of_pairs_at_once(monkeypatch):
+    """Proposals on one object overlap pairwise: the pairs are formed block by block, within the budget."""
+    monkeypatch.setattr(boxes_module, "numba", None)
+    monkeypatch.setattr(boxes_module, "_PAIR_BUDGET", 20_000)
+    sizes = []
+    real = boxes_module._block_pairs
+
+    def recording(*args):
+        pairs = real(*args)
+        sizes.append(pairs[0].numel())
+        return pairs
+
+    monkeypatch.setattr(boxes_module, "_block_pairs", recording)
+    gt = torch.tensor([[100.0, 100.0, 300.0, 400.0]])
+    b, s = simulate_detections(gt, per_object=1500, false_positives=0.0, generator=torch.Generator().manual_seed(0))
+    keep, kept = soft_nms(b, s, method="gaussian")
+    ref_keep, ref_kept = soft_nms_reference(b, s, method="gaussian")
+    assert torch.equal(keep, ref_keep)
+    torch.testing.assert_close(kept, ref_kept, rtol=1e-5, atol=0)
+    assert len(sizes) > 1 and max(sizes) <= 20_000 < 1500 * 1499 // 2
+
+
+def test_torch_rounds_on_20000_proposals_of_one_object_fit_in_1_gib(tmp_path):
+    """Peak resident memory of a fresh process (torch does not report to tracemalloc)."""
+    import subprocess
+    import sys
+    script = tmp_path / "one_object.py"
+    script.write_text(
+        "import resource, torch\n"
+        "import tricklib.boxes as boxes\n"
+        "boxes.numba = None\n"
+        "gt = torch.tensor([[100.0, 100.0, 300.0, 400.0]])\n"
+        "b, s = boxes.simulate_detections(gt, per_object=20000, false_positives=0.0,\n"
+        "                                 generator=torch.Generator().manual_seed(0))\n"
+        "boxes.soft_nms(b[:50], s[:50], method='gaussian')\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "keep, _ = boxes.soft_nms(b, s, method='gaussian')\n"
+        "print(len(keep), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
+    root = __import__("pathlib").Path(boxes_module.__file__).parents[1]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)}, check=True).stdout.split()
+    kept, extra_bytes = int(out[0]), int(out[1])
+    assert kept > 0 and extra_bytes < 2**30, f"{extra_bytes / 2**20:.0f} MiB"
 
 
 def test_selection_order_is_score_then_index(backend):
@@ -483,6 +617,7 @@ def test_crowded_detections_size_density_and_errors():
     assert 0.5 < area(large) / area(small) < 2  # the image grows with the crowd: same density
     again, _ = crowded_detections(500, generator=torch.Generator().manual_seed(0))
     assert torch.equal(small, again)
-    for bad in ({"n_boxes": 0}, {"n_boxes": 10, "per_object": 0}, {"n_boxes": 2.5}):
-        with pytest.raises(ValueError):
+    for bad, error in (({"n_boxes": 0}, ValueError), ({"n_boxes": 10, "per_object": 0}, ValueError),
+                       ({"n_boxes": 2.5}, TypeError)):
+        with pytest.raises(error, match="n_boxes|per_object"):
             crowded_detections(**bad)

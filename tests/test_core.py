@@ -2,13 +2,16 @@
 import math
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import tricklib
-from tricklib import (Snapshots, by_scale, compare, digits, ensemble_probs, expected_calibration_error, fit,
-                      get_device, make_imbalanced, render_shapes, seed_everything, shapes, split, toy_2d)
+import tricklib.boxes
+from tricklib import (Snapshots, accuracy, by_scale, compare, digits, ensemble_probs, evaluate,
+                      expected_calibration_error, fit, get_device, make_imbalanced, predict, render_shapes,
+                      seed_everything, shapes, split, toy_2d)
 from tricklib.measure import calibration_bins
 
 matplotlib.use("Agg")
@@ -96,6 +99,28 @@ def test_make_imbalanced_and_split():
         split(X, y, (0.5, 0.6))
     with pytest.raises(ValueError):
         make_imbalanced(X, y, 0.0)
+
+
+@pytest.mark.parametrize("ratio", [1.5, 2.0, 10.0])
+def test_make_imbalanced_refuses_a_ratio_it_cannot_reach(ratio):
+    X, y = toy_2d("moons", 200, seed=0)                        # 100 of each class
+    with pytest.raises(ValueError, match=f"ratio={ratio}.*only subsamples"):
+        make_imbalanced(X, y, ratio)
+    with pytest.raises(ValueError, match="ratio"):
+        make_imbalanced(X, y, float("inf"))
+    _, yi = make_imbalanced(X, y, 1.0)                          # exactly reachable: all kept
+    assert int((yi == 1).sum()) == 100
+    _, yi = make_imbalanced(X, y, np.float32(0.25))
+    assert int((yi == 1).sum()) == 25
+
+
+@pytest.mark.parametrize("fractions", [(0.5, float("nan")), (float("nan"), 0.5, 0.5), (0.7, 0.3, float("inf")),
+                                       (1.2, -0.2), (0.0, 1.0), ()])
+def test_split_refuses_fractions_that_are_not_positive_and_summing_to_one(fractions):
+    X, y = toy_2d("moons", 100, seed=0)
+    with pytest.raises(ValueError, match="fractions"):
+        split(X, y, fractions)
+    assert [len(p[1]) for p in split(X, y, (np.float32(0.5), np.float64(0.5)))] == [50, 50]
 
 
 # --- harness -------------------------------------------------------------------------------------------------
@@ -222,8 +247,8 @@ def test_mlp_builder_layers_and_errors():
     by_hand = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
     assert [type(m) for m in built] == [type(m) for m in by_hand]
     assert all(torch.equal(a, b) for a, b in zip(built.parameters(), by_hand.parameters()))
-    for bad in [(4,), (4, 0, 2), (4, 2.5, 2)]:
-        with pytest.raises(ValueError):
+    for bad, error in [((4,), ValueError), ((4, 0, 2), ValueError), ((4, 2.5, 2), TypeError)]:
+        with pytest.raises(error, match="sizes"):
             tricklib.mlp(*bad)
 
 
@@ -233,8 +258,122 @@ def test_median_times_ms_orders_work_and_rejects_bad_arguments():
     fast_ms, slow_ms = tricklib.median_times_ms([fast, slow], rounds=2, repeats=3, warmup=1)
     assert 0 < fast_ms < slow_ms
     assert len(calls) == 1 + 2 * 3  # warm-up, then rounds x repeats
-    for bad in ({"rounds": 0}, {"repeats": 1.5}, {"warmup": -1}, {"rounds": True}):
-        with pytest.raises(ValueError):
+    for bad, error in (({"rounds": 0}, ValueError), ({"repeats": 1.5}, TypeError), ({"warmup": -1}, ValueError),
+                       ({"rounds": True}, TypeError)):
+        with pytest.raises(error, match=next(iter(bad))):
             tricklib.median_times_ms([fast], **bad)
     with pytest.raises(TypeError):
         tricklib.median_times_ms([1.0])
+
+
+# --- accuracy ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target_shape", ["[N, 1]", "[N]"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.long, torch.bool, torch.uint8])
+def test_accuracy_binary_one_logit(target_shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(200, 1, generator=g)
+    truth = (logits > 0).squeeze(1)
+    truth[:10] = ~truth[:10]                                 # 10 of 200 wrong: accuracy 0.95
+    y = truth[:, None] if target_shape == "[N, 1]" else truth
+    assert accuracy(logits, y.to(dtype)) == pytest.approx(0.95)
+    assert accuracy(logits.squeeze(1), truth.to(dtype)) == pytest.approx(0.95)          # logits [N]
+    assert accuracy(logits.view(20, 10, 1), y.reshape(20, 10, *y.shape[1:]).to(dtype)) == pytest.approx(0.95)
+
+
+def test_accuracy_binary_soft_targets_count_from_one_half():
+    logits = torch.tensor([[2.0], [-2.0], [1.0]])
+    assert accuracy(logits, torch.tensor([[0.95], [0.05], [0.4]])) == pytest.approx(2 / 3)
+
+
+def test_accuracy_multiclass_indices_and_one_hot():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(300, 5, generator=g)
+    y = logits.argmax(1)
+    y[:30] = (y[:30] + 1) % 5
+    assert accuracy(logits, y) == pytest.approx(0.9)
+    assert accuracy(logits, y.to(torch.uint8)) == pytest.approx(0.9)
+    assert accuracy(logits, y.double()) == pytest.approx(0.9)
+    assert accuracy(logits, torch.nn.functional.one_hot(y, 5).float()) == pytest.approx(0.9)
+    assert accuracy(logits.view(30, 10, 5), y.view(30, 10)) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("logits, y, error, match", [
+    (torch.randn(4, 3), torch.zeros(4, 1, dtype=torch.long), ValueError, "shape"),
+    (torch.randn(4, 1), torch.zeros(3), ValueError, "shape"),
+    (torch.randn(4, 1), torch.zeros(4, 2), ValueError, "shape"),
+    (torch.randn(4, 3), torch.tensor([0, 1, 2, 3]), ValueError, r"\[0, 2\]"),
+    (torch.randn(4, 3), torch.tensor([0.0, 1.5, 2.0, 0.0]), ValueError, "whole"),
+    (torch.randn(4, 1), torch.tensor([0, 1, 2, 1]), ValueError, "0 or 1"),
+    (torch.randn(4), torch.tensor([0.0, 1.0, float("nan"), 1.0]), ValueError, r"\[0, 1\]"),
+    (torch.randn(0, 3), torch.zeros(0, dtype=torch.long), ValueError, "no examples"),
+    (torch.ones(4, 3, dtype=torch.long), torch.zeros(4), TypeError, "floating"),
+    ([0.5], torch.zeros(1), TypeError, "logits"),
+])
+def test_accuracy_refuses_what_it_cannot_score(logits, y, error, match):
+    with pytest.raises(error, match=match):
+        accuracy(logits, y)
+
+
+def test_fit_reports_the_true_accuracy_of_a_binary_model():
+    """BCE-with-logits wants [N, 1] logits and [N, 1] float targets; val_acc must be the real accuracy."""
+    X, y = toy_2d("gaussians", 600, noise=0.3, seed=0)
+    y = y.float()[:, None]
+    seed_everything(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
+    h = fit(model, (X, y), (X, y), epochs=20, lr=1e-2, loss_fn=torch.nn.functional.binary_cross_entropy_with_logits,
+            device="cpu")
+    truth = ((predict(model, X) > 0).float() == y).float().mean().item()
+    assert truth > 0.9 and h.last("val_acc") == pytest.approx(truth)
+
+
+# --- fit, predict and evaluate refuse what they cannot use -------------------------------------------------
+def test_fit_and_predict_on_empty_data_say_so():
+    model = nn.Linear(2, 2)
+    X, y = torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)
+    with pytest.raises(ValueError, match="train holds no examples"):
+        fit(model, (X, y), epochs=1, device="cpu")
+    good = (torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="val holds no examples"):
+        fit(model, good, (X, y), epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="X holds no examples"):
+        predict(model, X)
+    with pytest.raises(ValueError, match="X holds no examples"):
+        evaluate(model, (X, y))
+
+
+def test_predict_works_for_a_model_without_parameters_and_restores_its_mode():
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5))
+    out = predict(model, torch.ones(5, 2), batch_size=2)
+    assert torch.equal(out, torch.ones(5, 2)) and model.training
+
+
+@pytest.mark.parametrize("reduction", ["none"])
+def test_fit_with_a_per_example_loss_says_what_to_do(reduction):
+    X, y = torch.randn(16, 2), (torch.rand(16) < 0.5).float()
+    model = nn.Linear(2, 1)
+    per_example = lambda logits, t: tricklib.focal_loss(logits.squeeze(-1), t, reduction=reduction)
+    with pytest.raises(ValueError, match=r"loss_fn must return one number.*shape \(16,\).*reduction='mean'"):
+        fit(model, (X, y), epochs=1, batch_size=16, loss_fn=per_example, device="cpu")
+    with pytest.raises(ValueError, match="loss_fn must return one number"):
+        evaluate(model, (X, y), loss_fn=per_example)
+    fit(model, (X, y), epochs=1, loss_fn=lambda z, t: per_example(z, t).mean(), device="cpu", metrics={})
+
+
+def test_numpy_integers_count_as_counts():
+    X, y = toy_2d("moons", 64, seed=0)
+    h = fit(nn.Linear(2, 2), (X, y), epochs=np.int64(2), batch_size=np.int32(32), device="cpu")
+    assert len(h.step["loss"]) == 4
+    assert predict(nn.Linear(2, 2), X, batch_size=np.int64(10)).shape == (64, 2)
+    assert tricklib.mlp(np.int64(4), 8, np.int16(2))[-1].out_features == 2
+    seed_everything(np.int64(3))
+    assert tricklib.median_times_ms([lambda: None], rounds=np.int64(1), repeats=np.int8(2), warmup=np.int64(0))
+    assert tricklib.warmup(tricklib.cosine(10), np.int64(5))(0) == 0.0
+    assert tricklib.linear_scaling(0.1, np.int64(512)) == pytest.approx(0.2)
+    assert len(tricklib.random_points({"lr": (0.0, 1.0)}, np.int64(3), generator=np.int64(0))) == 3
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    ap = tricklib.boxes.detection_metrics([gt], [torch.ones(1)], [gt], max_detections=np.int64(100))["ap"]
+    assert ap.item() == pytest.approx(1.0)
+    assert len(tricklib.boxes.crowded_scene(np.int64(4), group_size=np.int32(2))) == 4
+    for bad in (2.0, True, np.bool_(True), "3"):
+        with pytest.raises(TypeError, match="epochs"):
+            fit(nn.Linear(2, 2), (X, y), epochs=bad, device="cpu")

@@ -169,6 +169,29 @@ def test_compare_takes_numpy_and_tensor_numbers_as_metrics():
     assert c.paired("np", "a", "b").mean == 0
 
 
+def test_compare_takes_every_kind_of_real_scalar_and_leaves_the_rest_in_extras():
+    def run(_, seed):
+        return {"f16": np.float16(seed / 4), "array0d": np.array(seed * 1.5),
+                "bf16": torch.tensor(seed, dtype=torch.bfloat16), "tensor_bool": torch.tensor(seed % 2 == 0),
+                "uint8": np.uint8(seed), "py_bool": bool(seed % 2), "complex": 1j * seed,
+                "tensor_complex": torch.tensor(1j), "array1d": np.ones(2), "one_elem": torch.ones(1)}
+
+    c = compare(run, {"a": None, "b": None}, seeds=range(6), progress=False)
+    assert set(c.metrics) == {"f16", "array0d", "bf16", "tensor_bool", "uint8", "py_bool"}
+    assert c.values("array0d", "a") == [0.0, 1.5, 3.0, 4.5, 6.0, 7.5]
+    assert c.values("bf16", "b") == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert c.paired("f16", "a", "b").diffs == (0.0,) * 6
+    assert set(c.extras["a"][0]) == {"complex", "tensor_complex", "array1d", "one_elem"}
+    with pytest.raises(ValueError, match="unknown metric"):
+        c.paired("array1d", "a", "b")
+
+
+@pytest.mark.parametrize("empty", [[], (), np.array([]), torch.tensor([])])
+def test_paired_with_no_differences_is_an_error_not_a_verdict(empty):
+    with pytest.raises(ValueError, match="no paired differences"):
+        Paired("acc", "a", "b", empty)
+
+
 def test_compare_defaults_to_the_scale_seeds(monkeypatch):
     monkeypatch.delenv("TRICKLIB_SEEDS", raising=False)
     monkeypatch.setenv("TRICKLIB_SCALE", "small")
@@ -198,9 +221,9 @@ def test_seeds_refuse_a_bad_override(monkeypatch, bad):
         seeds()
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
-def test_seeds_refuse_a_bad_count(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_seeds_refuse_a_bad_count(bad, error):
+    with pytest.raises(error, match="small"):
         seeds(bad, 6)
 
 

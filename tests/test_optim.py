@@ -69,7 +69,7 @@ def test_adam_step_does_not_modify_grad():
 
 
 @pytest.mark.parametrize("kwargs,error", [
-    (dict(step=0), ValueError), (dict(step=1.0), ValueError), (dict(lr=-1.0), ValueError),
+    (dict(step=0), ValueError), (dict(step=1.0), TypeError), (dict(lr=-1.0), ValueError),
     (dict(betas=(1.0, 0.999)), ValueError), (dict(betas=(0.9, -0.1)), ValueError), (dict(betas=(0.9,)), ValueError),
     (dict(eps=-1e-8), ValueError), (dict(weight_decay=-0.1), ValueError), (dict(lr="0.1"), TypeError),
 ])
@@ -197,6 +197,16 @@ def test_flood_b_zero_is_identity_for_nonnegative_losses_and_keeps_dtype():
         out = flood(loss, 0.0)
         assert out.dtype == dtype and torch.equal(out, loss)
         assert torch.equal(flood(loss, 0.5), (loss - 0.5).abs() + 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_flood_b_zero_is_the_plain_loss_also_when_the_loss_is_negative(dtype):
+    """b = 0 turns flooding off; the formula |J - 0| + 0 would flip a negative loss (a log-likelihood)."""
+    loss = torch.tensor([-2.0, -0.25, 0.0, 3.0], dtype=dtype, requires_grad=True)
+    out = flood(loss, 0)
+    (grad,) = torch.autograd.grad(out.sum(), loss)
+    assert torch.equal(out, loss) and torch.equal(grad, torch.ones_like(loss))
+    assert flood(torch.tensor(-2.0, dtype=dtype), 0.5).item() == 3.0        # |-2 - 0.5| + 0.5: floods up to b
 
 
 @pytest.mark.parametrize("b,error", [(-0.1, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),

@@ -1,6 +1,7 @@
 """Label smoothing against F.cross_entropy(label_smoothing=...)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,3 +95,54 @@ def test_logit_gap_errors():
         logit_gap(torch.randn(3, 4), torch.tensor([0.0, 1.0, 2.0]))
     with pytest.raises(TypeError):
         logit_gap(torch.tensor([[1, 2], [3, 4]]))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.7])
+def test_float64_agrees_with_torch_to_rounding(reduction, epsilon):
+    """The smoothed targets were built in float32: float64 results were 1e-8 off."""
+    g = torch.Generator().manual_seed(5)
+    logits = (6 * torch.randn(64, 11, generator=g, dtype=torch.float64)).requires_grad_()
+    targets = torch.randint(11, (64,), generator=g)
+    ours = label_smoothing_cross_entropy(logits, targets, epsilon, reduction)
+    ref = F.cross_entropy(logits, targets, label_smoothing=epsilon, reduction=reduction)
+    torch.testing.assert_close(ours, ref, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(torch.autograd.grad(ours.sum(), logits)[0], torch.autograd.grad(ref.sum(), logits)[0],
+                               rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_masked_classes_with_minus_inf_logits(dtype):
+    logits = torch.randn(6, 5, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    logits[:, 3] = -math.inf                                     # class 3 masked out everywhere
+    targets = torch.tensor([0, 1, 2, 4, 0, 1])
+    for epsilon in (0.0, 0.2):
+        z = logits.clone().requires_grad_()
+        ours = label_smoothing_cross_entropy(z, targets, epsilon, "none")
+        ref = F.cross_entropy(logits, targets, label_smoothing=epsilon, reduction="none")
+        torch.testing.assert_close(ours, ref)           # finite at epsilon 0; inf (as torch) with smoothing
+        if epsilon == 0:
+            assert torch.isfinite(ours).all()
+            (grad,) = torch.autograd.grad(ours.sum(), z)
+            assert torch.isfinite(grad).all() and (grad[:, 3] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_any_integer_class_ids(dtype):
+    logits = torch.randn(10, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    targets = torch.arange(10) % 4
+    expected = F.cross_entropy(logits, targets, label_smoothing=0.1)
+    torch.testing.assert_close(label_smoothing_cross_entropy(logits, targets.to(dtype), 0.1), expected)
+    torch.testing.assert_close(smooth_labels(targets.to(dtype), 4, 0.1), smooth_labels(targets, 4, 0.1))
+    torch.testing.assert_close(logit_gap(logits, targets.to(dtype)), logit_gap(logits, targets))
+    with pytest.raises(TypeError, match="integer class indices"):
+        label_smoothing_cross_entropy(logits, targets.bool())
+
+
+@pytest.mark.parametrize("num_classes", [0, 1, -3])
+def test_optimal_logit_gap_needs_two_classes(num_classes):
+    with pytest.raises(ValueError, match="num_classes"):
+        optimal_logit_gap(num_classes, 0.1)
+    with pytest.raises(TypeError, match="num_classes"):
+        optimal_logit_gap(2.5, 0.1)
+    assert optimal_logit_gap(np.int64(10), 0.1) == pytest.approx(math.log((0.9 * 10 + 0.1) / 0.1))

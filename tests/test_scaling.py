@@ -117,3 +117,45 @@ def test_errors():
         Atan(scale=0.0)
     with pytest.raises(ValueError, match=r"\(-1, 1\)"):
         Atan().fit(X).inverse_transform(torch.ones(1, 5))
+
+
+CONSTANTS = [0.0, 1e-300, 1e-10, 0.1, 0.3, 1.1, 123.456, 98765.4321, 100000.3, 3300000.7, 1e15 + 0.5, -2.5e7 - 0.1]
+
+
+@pytest.mark.parametrize("n", [3, 7, 100, 1000, 12345])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_a_constant_column_is_constant_at_any_magnitude(n, dtype):
+    """The float64 mean of N equal values can miss them by an ulp (a variance of ulp^2, not 0)."""
+    for value in torch.tensor(CONSTANTS, dtype=torch.float64).to(dtype):
+        if not torch.isfinite(value):  # 1e15 in float16
+            continue
+        X = value.expand(n, 1).contiguous()  # one column: how torch sums it decides the rounding
+        ours = Standardize().fit(X)
+        ref = StandardScaler().fit(X.double().numpy())
+        assert ours.std.item() == ref.scale_[0] == 1.0, value
+        if abs(value) > 1e8:  # both means are off by ulps of the value there, more than the unit's 1e-7
+            continue
+        one_unit_away = (X[:1].double() + 1).to(dtype)
+        expected = torch.from_numpy(ref.transform(one_unit_away.double().numpy())).to(dtype)
+        torch.testing.assert_close(ours.transform(one_unit_away), expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("magnitude", [1e-8, 1.0, 1e5, 1e12])
+def test_a_column_that_varies_a_little_is_not_constant(seed, magnitude):
+    """Real variation well above the rounding error is scaled, as by sklearn."""
+    g = torch.Generator().manual_seed(seed)
+    X = magnitude * (1 + 1e-9 * torch.randn(200, 3, generator=g, dtype=torch.float64))
+    ours, ref = Standardize().fit(X), StandardScaler().fit(X.numpy())
+    assert (ours.std != 1).all()
+    np.testing.assert_allclose(ours.std.numpy(), ref.scale_, rtol=1e-6)
+    np.testing.assert_allclose(ours.transform(X).numpy(), ref.transform(X.numpy()), rtol=1e-5, atol=1e-5)
+
+
+def test_atan_keeps_a_tiny_median_as_its_scale():
+    X = torch.tensor([[1e-20], [2e-20], [-3e-20], [4e-20]], dtype=torch.float64)
+    scaler = Atan(scale=None).fit(X)
+    assert scaler.s.item() == 2e-20
+    np.testing.assert_allclose(scaler.transform(X).numpy(), 2 / np.pi * np.arctan(X.numpy() / 2e-20))
+    half_zero = torch.tensor([[0.0], [0.0], [5.0]])
+    assert Atan(scale=None).fit(half_zero).s.item() == 1.0

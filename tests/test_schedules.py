@@ -2,6 +2,7 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,6 +58,23 @@ def test_restart_steps_are_the_lr_minima():
     for end in ends:  # the last step of a cycle (1-based) is step index end-1; the next one restarts at the base lr
         assert fn(end) == pytest.approx(1.0)
         assert fn(end - 1) < 0.2
+
+
+@pytest.mark.parametrize("T_0, T_mult", [(3, 1), (4, 2), (2, 3), (np.int64(5), np.int32(2))])
+def test_restart_steps_agree_with_sgdr_for_every_t_mult(T_0, T_mult):
+    fn = sgdr(T_0, T_mult)
+    ends = restart_steps(T_0, T_mult, 200)
+    restarts = [t for t in range(1, 201) if fn(t) == 1.0]      # sgdr's own restarts (multiplier back at 1)
+    assert ends == restarts[:len(ends)] and len(restarts) - len(ends) <= 1
+
+
+@pytest.mark.parametrize("T_mult, error", [(1.5, TypeError), (2.0, TypeError), (0, ValueError), (True, TypeError)])
+def test_restart_steps_refuses_what_sgdr_refuses(T_mult, error):
+    for make in (lambda: sgdr(5, T_mult), lambda: restart_steps(5, T_mult, 100)):
+        with pytest.raises(error, match="T_mult"):
+            make()
+    with pytest.raises(TypeError, match="T_0"):
+        restart_steps(2.5, 1, 100)
 
 
 @pytest.mark.parametrize("bad", [

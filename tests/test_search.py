@@ -77,7 +77,7 @@ def test_bad_budgets_and_generators_raise():
         grid_points(SPACE, 0)
     with pytest.raises(ValueError, match="n must be"):
         random_points(SPACE, -1, generator=0)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(TypeError, match="n must be"):
         random_points(SPACE, 2.5, generator=0)
     with pytest.raises(TypeError, match="generator"):
         random_points(SPACE, 3, generator=None)

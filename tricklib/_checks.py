@@ -6,6 +6,7 @@ a silent wrong answer or a NaN (``assert`` would vanish under ``python -O``).
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -42,10 +43,19 @@ def check_finite(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} must be finite (no NaN or inf)")
 
 
+def check_int(name: str, value: object, low: int | None = None) -> int:
+    """Check that ``value`` is a whole number ``>= low`` (Python or NumPy int, not a bool); return it as an ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
                 *, low_open: bool = False, high_open: bool = False) -> float:
-    """Check ``low <= value <= high`` (``<`` where the bound is open)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Check ``low <= value <= high`` (``<`` where the bound is open) for a Python or NumPy real number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     bad_low = low is not None and (value <= low if low_open else value < low)
     bad_high = high is not None and (value >= high if high_open else value > high)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._checks import check_choice, check_finite, check_range, check_same_device, check_tensor
+from ._checks import check_choice, check_finite, check_int, check_range, check_same_device, check_tensor
 
 try:
     import numba
@@ -49,15 +49,21 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
         boxes2: ``Tensor[M, 4]`` float, same convention and device.
 
     Returns:
-        ``Tensor[N, M]``, the IoU of every pair, in the inputs' (promoted) dtype. Two
-        zero-area boxes give ``0 / 0 = nan``, as in torchvision. Equal to
-        ``torchvision.ops.box_iou`` (``tests/test_boxes.py``).
+        ``Tensor[N, M]``, the IoU of every pair, computed and returned in the inputs'
+        (promoted) dtype, float32 for float16/bfloat16 boxes: like torchvision, half
+        inputs are computed in float32 (float16 areas overflow above 256 x 256 pixels,
+        bfloat16 ones keep 3 digits). Two zero-area boxes give ``0 / 0 = nan``, as in
+        torchvision. Equal to ``torchvision.ops.box_iou`` (``tests/test_boxes.py``; for half
+        inputs to float16's rounding, since torchvision subtracts the corners before converting).
     """
     check_tensor("boxes1", boxes1, ndim=2, last_dim=4, floating=True)
     check_tensor("boxes2", boxes2, ndim=2, last_dim=4, floating=True)
     check_same_device(boxes1=boxes1, boxes2=boxes2)
     _check_box_values("boxes1", boxes1)
     _check_box_values("boxes2", boxes2)
+    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    dtype = torch.float32 if dtype.itemsize < 4 else dtype  # (a no-op for float32 or float64 boxes)
+    boxes1, boxes2 = boxes1.to(dtype), boxes2.to(dtype)
     area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
     area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
     top_left = torch.max(boxes1[:, None, :2], boxes2[:, :2])
@@ -104,12 +110,14 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0
     numba) torch runs it in rounds over the overlapping pairs (found by a sweep in ``x1``
     order): a box whose current score beats every remaining box within two overlap steps is
     selected by the sequential algorithm before all of them, with that score, so all such
-    boxes are selected in one round and their decays applied together. The Gaussian weight
+    boxes are selected in one round and their decays applied together. When the pairs of
+    all boxes would not fit in a fixed budget (2^21 candidates, a few hundred MiB: 20,000
+    proposals on one object make 2 x 10^8), they are formed for a block of the best-ranked
+    boxes at a time, with the same results. The Gaussian weight
     :math:`e^{\mathrm{IoU}^2 \cdot (-1/\sigma)}` is evaluated in float64 and rounded once to
-    the compute dtype. In float32 the compiled loop's own ``exp`` (a table and a polynomial,
-    within 1 float64 ulp of libm's, so that its loop vectorises) and torch's round to the same
-    value except for about one weight in 10^8 (then one float32 ulp apart), so both paths
-    give the same bits.
+    the compute dtype, by the same ``exp`` in both paths (a table and a polynomial, within 1
+    float64 ulp of libm's, so that the compiled loop vectorises; in torch the same float64
+    operations, one by one), so both paths give the same bits, in float32 and in float64.
     ``benchmarks/soft_nms.py`` times both against ``torchvision.ops.nms``.
 
     Args:
@@ -215,38 +223,108 @@ def _sweep_order(boxes: torch.Tensor, idxs: torch.Tensor | None):
     return order, lo, hi[order]
 
 
+#: Candidate pairs (boxes whose x-ranges overlap) that the pure-torch Soft-NMS forms at once.
+#: Each costs about 150 bytes at the peak (indices, gathered boxes, IoU), so a block of boxes
+#: whose pairs fit in this needs a few hundred MiB however crowded the scene.
+_PAIR_BUDGET = 1 << 21
+
+
 def _soft_nms_rounds(boxes, scores, idxs, order, lo, hi, iou_threshold, sigma, score_threshold, method):
-    """Soft-NMS in pure torch (any device): overlapping pairs, then selection rounds."""
+    """Soft-NMS in pure torch (any device): selection rounds over the overlapping pairs, by blocks.
+
+    The pairs of all boxes can outgrow memory (20,000 proposals on one object make 2 x 10^8),
+    so they are formed for a block at a time: the best-ranked remaining boxes whose candidate
+    pairs fit in ``_PAIR_BUDGET`` (at least one box; all of them when they fit, as in most
+    scenes), paired with every remaining box. Rounds then select within the block
+    (:func:`_select_rounds`) until the best remaining box lies outside it, and the next block
+    is formed from the boxes still remaining.
+    """
     min_iou = 0.0 if method == "gaussian" else iou_threshold
-    pair_i, pair_j, iou = _overlapping_pairs_torch(boxes, idxs, order, lo, hi, min_iou)
-    if method == "linear":
-        factor = 1 - iou
-    elif method == "gaussian":
-        # the weight is evaluated in float64 (iou * iou is exact there) and rounded once, so
-        # that the compiled kernel (which computes exp otherwise) gets the same bits
-        iou = iou.double()
-        factor = torch.exp((iou * iou) * (-1.0 / sigma)).to(boxes.dtype)
-    else:
-        factor = None
-    return _select_rounds(scores, pair_i, pair_j, factor, score_threshold)
+    n = scores.numel()
+    device = scores.device
+    score = scores.clone()
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    chosen_nodes: list[torch.Tensor] = []
+    chosen_scores: list[torch.Tensor] = []
+    while True:
+        live = active[order]
+        sweep = order[live]                   # the remaining boxes in sweep order
+        if sweep.numel() == 0:
+            break
+        # candidates of sweep position p: positions p+1 .. ends[p]-1 (their lo lies in p's range)
+        ends = torch.searchsorted(lo[live], hi[live], right=True)
+        block = _block(score, active, sweep, ends)
+        pair_i, pair_j = _block_pairs(sweep, ends, block)
+        iou = _pair_iou(boxes[pair_i], boxes[pair_j])
+        keep = iou.double() > min_iou
+        if idxs is not None:
+            keep &= idxs[pair_i] == idxs[pair_j]
+        pair_i, pair_j, iou = pair_i[keep], pair_j[keep], iou[keep]
+        if method == "linear":
+            factor = 1 - iou
+        elif method == "gaussian":
+            # the weight is evaluated in float64 (iou * iou is exact there) with the compiled
+            # kernel's exp, written out in torch ops, and rounded once: the same bits in both paths
+            iou = iou.double()
+            factor = _exp_negative_torch((iou * iou) * (-1.0 / sigma)).to(boxes.dtype)
+        else:
+            factor = None
+        del iou, keep
+        _select_rounds(score, active, block, pair_i, pair_j, factor, score_threshold, chosen_nodes, chosen_scores)
+    selected, kept = torch.cat(chosen_nodes), torch.cat(chosen_scores)
+    # The sequential loop selects in order of score (descending), ties by index.
+    selected, by_index = selected.sort()
+    kept, by_score = kept[by_index].sort(descending=True, stable=True)
+    return selected[by_score], kept
 
 
-def _overlapping_pairs_torch(boxes, idxs, order, lo, hi, min_iou):
-    """All pairs ``(i, j)`` (indices into ``boxes``) of the same class with IoU > ``min_iou``."""
-    n = boxes.shape[0]
-    device = boxes.device
-    # Candidates of the box at sorted position p: positions p+1 .. end[p]-1.
-    start = torch.arange(1, n + 1, device=device)
-    counts = (torch.searchsorted(lo, hi, right=True) - start).clamp_(min=0)
-    first = torch.repeat_interleave(torch.arange(n, device=device), counts)
+def _ranked(score: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Box indices by current score, descending, ties by lower index; the remaining boxes first."""
+    return torch.sort(score.masked_fill(~active, -math.inf), descending=True, stable=True).indices
+
+
+def _block(score, active, sweep, ends):
+    """The best-ranked remaining boxes whose candidate pairs (with any remaining box) fit in the budget."""
+    m = sweep.numel()
+    device = sweep.device
+    after = torch.arange(1, m + 1, device=device)
+    later = ends - after  # a position's later candidates: positions p+1 .. ends[p]-1
+    if int(later.sum()) <= _PAIR_BUDGET:
+        return active.clone()  # all pairs fit (most scenes): one block, the rounds of old
+    # and the earlier positions q whose range covers it (q + 1 <= p < ends[q]), counted by a
+    # difference array; a prefix of the ranking whose counts sum to the budget has at most
+    # that many pairs (a pair inside the block is counted twice)
+    cover = torch.zeros(m + 1, dtype=torch.int64, device=device)
+    cover.index_add_(0, after, torch.ones_like(after)).index_add_(0, ends, -torch.ones_like(ends))
+    degree = torch.zeros_like(score, dtype=torch.int64)
+    degree[sweep] = later + torch.cumsum(cover, 0)[:m]
+    ranked = _ranked(score, active)[:m]
+    size = max(1, int(torch.searchsorted(torch.cumsum(degree[ranked], 0), _PAIR_BUDGET, right=True)))
+    block = torch.zeros_like(active)
+    block[ranked[:size]] = True
+    return block
+
+
+def _ranges(owners: torch.Tensor, begins: torch.Tensor, counts: torch.Tensor):
+    """``owners[k]`` repeated ``counts[k]`` times, beside ``begins[k], begins[k] + 1, ...``."""
+    which = torch.repeat_interleave(torch.arange(owners.numel(), device=owners.device), counts)
     offsets = torch.cumsum(counts, 0) - counts
-    second = torch.arange(first.numel(), device=device) - offsets[first] + start[first]
-    pair_i, pair_j = order[first], order[second]
-    iou = _pair_iou(boxes[pair_i], boxes[pair_j])
-    keep = iou.double() > min_iou
-    if idxs is not None:
-        keep &= idxs[pair_i] == idxs[pair_j]
-    return pair_i[keep], pair_j[keep], iou[keep]
+    return owners[which], torch.arange(which.numel(), device=owners.device) - offsets[which] + begins[which]
+
+
+def _block_pairs(sweep, ends, block):
+    """The candidate pairs ``(i, j)`` (box indices) with ``i`` or ``j`` in ``block``."""
+    m = sweep.numel()
+    after = torch.arange(1, m + 1, device=sweep.device)
+    member = block[sweep]
+    members = torch.nonzero(member).flatten()       # sweep positions of the block, ascending
+    others = torch.nonzero(~member).flatten()
+    # a block box pairs with all its later candidates ...
+    first, second = _ranges(members, after[members], ends[members] - after[members])
+    # ... a box outside the block with those that are block members: a slice of `members`
+    begin = torch.searchsorted(members, after[others])
+    outside, at = _ranges(others, begin, torch.searchsorted(members, ends[others]) - begin)
+    return sweep[torch.cat([first, outside])], sweep[torch.cat([second, members[at]])]
 
 
 def _pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -267,28 +345,33 @@ def _neighbourhood_min(value: torch.Tensor, pair_i: torch.Tensor, pair_j: torch.
     return out
 
 
-def _select_rounds(scores, pair_i, pair_j, factor, score_threshold):
-    """Soft-NMS selection in parallel rounds (pure torch, any device).
+def _select_rounds(score, active, block, pair_i, pair_j, factor, score_threshold, chosen_nodes, chosen_scores):
+    """Soft-NMS selection in parallel rounds (pure torch, any device), within one block.
 
     A round selects every box that beats all remaining boxes within two steps of the
     overlap graph (by current score, ties by lower index). Such a box is selected by the
     sequential algorithm before any of them with its current score, and no box gets two
     decays in one round, nor a decay before one that the sequential loop applies
-    earlier, so the scores are the sequential loop's bit for bit. ``factor=None`` is
-    hard NMS: overlapping boxes are removed.
+    earlier, so the scores are the sequential loop's bit for bit. Selecting only some of
+    these boxes in a round keeps that true, so a round selects those in ``block`` that
+    also rank above every remaining box outside it: a better-ranked box within two steps
+    of such a box is then in the block, and every pair (edge) that can matter has an end
+    in the block, as the given pairs do. ``factor=None`` is hard NMS: overlapping boxes are
+    removed. Updates ``score`` and ``active`` in place, appends to the two lists, and
+    returns when no box of the block can be selected.
     """
-    n = scores.numel()
-    device = scores.device
-    score = scores.clone()
-    active = torch.ones(n, dtype=torch.bool, device=device)
-    position = torch.arange(n, device=device)
-    chosen_nodes, chosen_scores = [], []
-    while active.any():
-        order = torch.sort(score.masked_fill(~active, -math.inf), descending=True, stable=True).indices
-        rank = torch.empty_like(order)
-        rank[order] = position
+    n = score.numel()
+    position = torch.arange(n, device=score.device)
+    rank = torch.empty_like(position)
+    outside = active & ~block
+    while True:
+        rank[_ranked(score, active)] = position
+        # the best rank outside the block: only block boxes ranked above it may be selected
+        limit = rank.masked_fill(~outside, n).min()
         best = _neighbourhood_min(_neighbourhood_min(rank, pair_i, pair_j), pair_i, pair_j)
-        chosen = active & (best == rank)
+        chosen = active & block & (best == rank) & (rank < limit)
+        if not chosen.any():
+            return
         chosen_nodes.append(position[chosen])
         chosen_scores.append(score[chosen])
         from_i, from_j = chosen[pair_i], chosen[pair_j]
@@ -299,14 +382,10 @@ def _select_rounds(scores, pair_i, pair_j, factor, score_threshold):
             score[target] *= torch.cat([factor[from_i], factor[from_j]])
             active[target[score[target].double() < score_threshold]] = False
         active[chosen] = False
+        outside &= active
         live = active[pair_i] & active[pair_j]
         pair_i, pair_j = pair_i[live], pair_j[live]
         factor = None if factor is None else factor[live]
-    selected, kept = torch.cat(chosen_nodes), torch.cat(chosen_scores)
-    # The sequential loop selects in order of score (descending), ties by index.
-    selected, by_index = selected.sort()
-    kept, by_score = kept[by_index].sort(descending=True, stable=True)
-    return selected[by_score], kept
 
 
 def _exp_constants(steps: int) -> tuple[float, float, float, np.ndarray]:
@@ -323,6 +402,33 @@ def _exp_constants(steps: int) -> tuple[float, float, float, np.ndarray]:
 
 
 _EXP_SCALE, _EXP_LN2_HIGH, _EXP_LN2_LOW, _EXP_TABLE = _exp_constants(64)
+# exp(x) = 0 below this (the result would be subnormal); above it 2^(k >> 6) is a normal float64
+_EXP_LOWEST = -708.0
+_EXP_SHIFT = 6755399441055744.0  # 1.5 * 2^52: adding it rounds to an integer, kept in the low bits
+_EXP_SHIFT_BITS = 4843621399236968448  # the bits of _EXP_SHIFT as an int64
+# e^r - 1 = r (1 + r (1/2 + r (1/6 + r (1/24 + r (1/120 + r / 720))))), the Horner steps' constants
+_EXP_HORNER = (1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0)
+
+
+def _exp_negative_torch(x: torch.Tensor) -> torch.Tensor:
+    """``exp(x)`` for float64 ``x <= 0``, operation for operation the compiled ``_exp_negative``.
+
+    Every step is one IEEE float64 operation (no fused multiply-add) on any device, so the
+    result has the same bits as the compiled kernel's: both Soft-NMS paths decay by the same
+    Gaussian weights (``tests/test_boxes.py`` checks 10^6 arguments).
+    """
+    clamped = x.clamp(min=_EXP_LOWEST)
+    shifted = clamped * _EXP_SCALE + _EXP_SHIFT
+    k = shifted - _EXP_SHIFT
+    r = (clamped - k * _EXP_LN2_HIGH) - k * _EXP_LN2_LOW
+    p = torch.full_like(r, _EXP_HORNER[0])
+    for c in _EXP_HORNER[1:]:
+        p = p * r + c
+    p = p * r
+    k_int = shifted.view(torch.int64) - _EXP_SHIFT_BITS
+    t = torch.as_tensor(_EXP_TABLE, device=x.device)[k_int & 63]
+    scale = (((k_int >> 6) + 1023) << 52).view(torch.float64)
+    return ((t + t * p) * scale).masked_fill(x < _EXP_LOWEST, 0.0)
 
 if numba is not None:
 
@@ -349,22 +455,24 @@ if numba is not None:
         # calling it vectorises (libm's exp does not): exp(x) = 2^(k / 64) e^r with k the integer
         # nearest 64 x / ln 2 (found by adding 1.5 * 2^52, whose last bits then hold k), so
         # |r| <= ln 2 / 128; 2^(k / 64) = 2^(k >> 6) times a table entry, and e^r its Taylor
-        # polynomial of degree 5 (truncation error < 4e-17). Rounded to float32 it gives
-        # libm's float32 value but for about one argument in 10^8 (tests/test_boxes.py).
-        x = max(x, -200.0)  # far below float32's smallest value; keeps 2^k a normal float64
-        shifted = x * _EXP_SCALE + 6755399441055744.0
-        k = shifted - 6755399441055744.0
-        r = (x - k * _EXP_LN2_HIGH) - k * _EXP_LN2_LOW
-        p = 1.0 / 720.0  # e^r - 1 by Horner's rule
+        # polynomial of degree 5 (truncation error < 4e-17); 0 below -708 (where exp is
+        # subnormal). Rounded to float32 it gives libm's float32 value but for about one
+        # argument in 10^8 (tests/test_boxes.py). _exp_negative_torch is the same in torch ops.
+        clamped = max(x, _EXP_LOWEST)
+        shifted = clamped * _EXP_SCALE + _EXP_SHIFT
+        k = shifted - _EXP_SHIFT
+        r = (clamped - k * _EXP_LN2_HIGH) - k * _EXP_LN2_LOW
+        p = 1.0 / 720.0  # e^r - 1 by Horner's rule (the constants of _EXP_HORNER)
         p = p * r + 1.0 / 120.0
         p = p * r + 1.0 / 24.0
         p = p * r + 1.0 / 6.0
         p = p * r + 0.5
         p = p * r + 1.0
         p = p * r
-        k_int = np.int64(np.float64(shifted).view(np.int64) - 4843621399236968448)  # k
+        k_int = np.int64(np.float64(shifted).view(np.int64) - _EXP_SHIFT_BITS)  # k
         t = _EXP_TABLE[k_int & 63]
-        return (t + t * p) * np.int64(((k_int >> 6) + 1023) << 52).view(np.float64)
+        value = (t + t * p) * np.int64(((k_int >> 6) + 1023) << 52).view(np.float64)
+        return 0.0 if x < _EXP_LOWEST else value
 
     @numba.njit(cache=True, inline="always")
     def _largest(values):
@@ -513,7 +621,6 @@ if numba is not None:
             block_best[block] = _largest(key[block * size:block * size + size])
 
         min_iou = 0.0 if method == 1 else iou_threshold
-        float32 = boxes.itemsize == 4
         selected = np.empty(n, np.int64)
         kept = np.empty(n, boxes.dtype)
         k = 0
@@ -580,7 +687,7 @@ if numba is not None:
                         hits += hit
                         removed = -np.inf if hit else score[v]
                         done += _settle(score, sx2, v, removed, score_threshold) & (v < high)
-                elif float32:  # gaussian: the weight in float64, rounded as in _soft_nms_rounds
+                else:  # gaussian: the weight in float64, rounded as in _soft_nms_rounds
                     for v in range(low, stop):
                         overlap = _overlap(px1, py1, px2, py2, area, sx1[v], sy1[v], sx2[v], sy2[v],
                                            sarea[v], zero)
@@ -588,15 +695,6 @@ if numba is not None:
                         hits += hit
                         wide = np.float64(overlap)
                         weight = dtype(_exp_negative((wide * wide) * gaussian_scale))
-                        decayed = score[v] * weight if hit else score[v]
-                        done += _settle(score, sx2, v, decayed, score_threshold) & (v < high)
-                else:  # gaussian in float64, with libm's exp
-                    for v in range(low, stop):
-                        overlap = _overlap(px1, py1, px2, py2, area, sx1[v], sy1[v], sx2[v], sy2[v],
-                                           sarea[v], zero)
-                        hit = (overlap > min_iou) & (slabel[v] == label) & (v < high)
-                        hits += hit
-                        weight = math.exp((overlap * overlap) * gaussian_scale)
                         decayed = score[v] * weight if hit else score[v]
                         done += _settle(score, sx2, v, decayed, score_threshold) & (v < high)
                 if hits == 0:
@@ -683,8 +781,7 @@ def detection_metrics(pred_boxes: Sequence[torch.Tensor], pred_scores: Sequence[
         raise ValueError("iou_thresholds must hold at least one threshold")
     for t in iou_thresholds:
         check_range("iou_thresholds", t, 0.0, 1.0)
-    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
-        raise ValueError(f"max_detections must be a positive int, got {max_detections!r}")
+    max_detections = check_int("max_detections", max_detections, 1)
     # COCO's matching threshold is min(t, 1 - 1e-10)
     thresholds = torch.tensor([min(t, 1 - 1e-10) for t in iou_thresholds], dtype=torch.float64)
 
@@ -786,10 +883,8 @@ def crowded_scene(n_objects: int, image_size: int = 512, overlap: tuple[float, f
     Returns:
         ``Tensor[K, 4]`` float32 ``(x1, y1, x2, y2)``, inside the image.
     """
-    if isinstance(n_objects, bool) or not isinstance(n_objects, int) or n_objects < 0:
-        raise ValueError(f"n_objects must be an int >= 0, got {n_objects!r}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+    n_objects = check_int("n_objects", n_objects, 0)
+    group_size = check_int("group_size", group_size, 1)
     check_range("image_size", image_size, 0.0, low_open=True)
     _check_interval("overlap", overlap, 0.0, 1.0)
     _check_interval("object_size", object_size, 0.0, 1.0 / 2.5)
@@ -835,8 +930,7 @@ def simulate_detections(gt_boxes: torch.Tensor, *, per_object: int = 20, jitter:
         ``M = K * per_object + round(false_positives * K)``.
     """
     _check_boxes("gt_boxes", gt_boxes)
-    if isinstance(per_object, bool) or not isinstance(per_object, int) or per_object < 1:
-        raise ValueError(f"per_object must be an int >= 1, got {per_object!r}")
+    per_object = check_int("per_object", per_object, 1)
     check_range("jitter", jitter, 0.0)
     check_range("false_positives", false_positives, 0.0)
     gt = gt_boxes.detach().cpu().double()
@@ -873,9 +967,7 @@ def crowded_detections(n_boxes: int, *, per_object: int = 20,
     Returns:
         ``(boxes, scores)`` as :func:`simulate_detections` returns them.
     """
-    for name, value in (("n_boxes", n_boxes), ("per_object", per_object)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    n_boxes, per_object = check_int("n_boxes", n_boxes, 1), check_int("per_object", per_object, 1)
     objects = max(1, n_boxes // per_object)
     grow = math.sqrt(max(objects, 25) / 25)
     gt = crowded_scene(objects, round(512 * grow), object_size=(0.04 / grow, 0.12 / grow), generator=generator)

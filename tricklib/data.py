@@ -208,17 +208,28 @@ def make_imbalanced(X: torch.Tensor, y: torch.Tensor, ratio: float, *, minority:
                     seed: int | torch.Generator = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Subsample class ``minority`` so that it has ``ratio`` times as many examples as the rest.
 
-    Example: ``ratio=0.01`` turns balanced binary data into 1:100.
+    Example: ``ratio=0.01`` turns balanced binary data into 1:100. Only subsamples: a
+    ratio that needs more examples of ``minority`` than ``y`` holds raises (at least one
+    is always kept).
+
+    Returns:
+        ``(X, y)`` with ``max(1, round(ratio * n_rest))`` examples of ``minority``, shuffled.
     """
     check_tensor("y", y, ndim=1)
     if len(X) != len(y):
         raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
     check_range("ratio", ratio, 0.0, low_open=True)
+    if not math.isfinite(ratio):
+        raise ValueError(f"ratio must be finite, got {ratio}")
     is_min = y == minority
     if not is_min.any():
         raise ValueError(f"class {minority} does not occur in y")
     g = _generator(seed)
-    n_keep = max(1, min(int(is_min.sum()), round(ratio * int((~is_min).sum()))))
+    n_min, n_rest = int(is_min.sum()), int((~is_min).sum())
+    n_keep = max(1, round(ratio * n_rest))
+    if n_keep > n_min:
+        raise ValueError(f"ratio={ratio} needs {n_keep} examples of class {minority} ({ratio} x the {n_rest} of the "
+                         f"other classes), but y holds {n_min}: make_imbalanced only subsamples")
     min_idx = is_min.nonzero().squeeze(1)
     keep_min = min_idx[torch.randperm(len(min_idx), generator=g)[:n_keep]]
     idx = torch.cat([(~is_min).nonzero().squeeze(1), keep_min])
@@ -236,7 +247,11 @@ def split(X: torch.Tensor, y: torch.Tensor, fractions: Sequence[float] = (0.7, 0
     """
     if len(X) != len(y):
         raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
-    if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+    if not len(fractions):
+        raise ValueError("fractions must hold at least one fraction")
+    for i, f in enumerate(fractions):
+        check_range(f"fractions[{i}]", f, 0.0, 1.0, low_open=True)   # (NaN fails too)
+    if not abs(sum(fractions) - 1) <= 1e-6:
         raise ValueError(f"fractions must be positive and sum to 1, got {tuple(fractions)}")
     perm = torch.randperm(len(y), generator=_generator(seed))
     sizes = [int(f * len(y)) for f in fractions[:-1]]

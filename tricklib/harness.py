@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_range
+from ._checks import check_int, check_range, check_same_device, check_tensor
 from .runtime import get_device
 from .runtime import progress as progress_bar
 
@@ -89,9 +89,58 @@ class Snapshots(Callback):
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of rows whose arg-max equals the label (binary: one logit, threshold 0)."""
-    pred = (logits.squeeze(-1) > 0).long() if logits.dim() == 1 or logits.shape[-1] == 1 else logits.argmax(-1)
-    return (pred == y.long()).float().mean().item()
+    r"""Fraction of examples whose prediction equals the label.
+
+    .. math:: \mathrm{acc} = \frac1N \sum_i [\hat y_i = y_i],\qquad
+              \hat y_i = \arg\max_k z_{ik} \ \text{(multi-class)},\quad
+              \hat y_i = [z_i > 0] \ \text{(binary: one logit, } p > 0.5\text{)}
+
+    Shapes (any leading dimensions ``...``, e.g. ``[N]`` or ``[N, T]``):
+
+    - multi-class: ``logits`` ``[..., C]`` with ``C >= 2``; ``y`` ``[...]`` class indices
+      in ``[0, C)``, or ``[..., C]`` one-hot / soft targets (their arg-max is the label);
+    - binary: ``logits`` ``[...]`` or ``[..., 1]``; ``y`` of the same shape, or without the
+      trailing 1 (``[N, 1]`` logits with ``[N, 1]`` or ``[N]`` targets, as
+      ``binary_cross_entropy_with_logits`` wants them); 0/1 labels (bool, integer or
+      float; float targets in [0, 1] count as 1 from 0.5, so smoothed labels work).
+
+    Raises:
+        TypeError: ``logits`` or ``y`` is not a tensor, or ``logits`` is not floating point.
+        ValueError: shapes that match neither convention, labels out of range, or no examples.
+    """
+    check_tensor("logits", logits, floating=True)
+    check_tensor("y", y)
+    check_same_device(logits=logits, y=y)
+    if logits.numel() == 0:
+        raise ValueError(f"accuracy of no examples is undefined (logits of shape {tuple(logits.shape)})")
+    binary = logits.dim() == 1 or logits.shape[-1] == 1
+    if binary:
+        if y.shape == logits.shape[:-1] and logits.dim() > 1:
+            y = y.unsqueeze(-1)
+        if y.shape != logits.shape:
+            raise ValueError(f"binary logits of shape {tuple(logits.shape)} need y of the same shape"
+                             f"{' or ' + str(tuple(logits.shape[:-1])) if logits.dim() > 1 else ''}, "
+                             f"got {tuple(y.shape)}")
+        if y.is_floating_point():
+            if not ((y >= 0) & (y <= 1)).all():
+                raise ValueError("binary float targets y must lie in [0, 1] (no NaN)")
+            y = y >= 0.5
+        elif y.dtype != torch.bool and not ((y == 0) | (y == 1)).all():
+            raise ValueError("binary targets y must be 0 or 1")
+        return ((logits > 0) == y.bool()).float().mean().item()
+    classes = logits.shape[-1]
+    if y.shape == logits.shape:
+        y = y.argmax(-1)
+    elif y.shape != logits.shape[:-1]:
+        raise ValueError(f"logits of shape {tuple(logits.shape)} need y of shape {tuple(logits.shape[:-1])} (class "
+                         f"indices) or {tuple(logits.shape)} (one-hot or soft targets), got {tuple(y.shape)}")
+    elif y.is_floating_point() and not (y == y.round()).all():
+        raise ValueError("class indices y must be whole numbers")
+    elif y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"class indices y must be integers, got dtype {y.dtype}")
+    if ((y < 0) | (y >= classes)).any():
+        raise ValueError(f"class indices y must be in [0, {classes - 1}]")
+    return (logits.argmax(-1) == y.long()).float().mean().item()
 
 
 def batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
@@ -107,25 +156,45 @@ def batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool 
 @torch.no_grad()
 def predict(model: nn.Module, X: torch.Tensor, *, batch_size: int = 1024,
             device: torch.device | None = None) -> torch.Tensor:
-    """Model outputs for ``X`` in eval mode, batched, returned on the CPU."""
-    device = device or next(model.parameters()).device
+    """Model outputs for ``X`` (at least one example) in eval mode, batched, returned on the CPU.
+
+    ``device`` defaults to that of the model's first parameter (the CPU for a model
+    without parameters); the model's train/eval mode is restored afterwards.
+    """
+    check_tensor("X", X)
+    if X.dim() == 0 or len(X) == 0:
+        raise ValueError(f"X holds no examples (shape {tuple(X.shape)}): there is nothing to predict")
+    batch_size = check_int("batch_size", batch_size, 1)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
-    out = torch.cat([model(X[i:i + batch_size].to(device)).cpu() for i in range(0, len(X), batch_size)])
-    model.train(was_training)
-    return out
+    try:
+        return torch.cat([model(X[i:i + batch_size].to(device)).cpu() for i in range(0, len(X), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def _scalar_loss(loss: torch.Tensor, name: str) -> torch.Tensor:
+    """``loss`` if it is one number, else a ValueError that says how to reduce a per-example loss."""
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"{name} must return one number (the mean loss of the batch), got {got}; a per-example "
+                         "loss such as focal_loss (reduction='none' by default) needs reduction='mean', or pass "
+                         "lambda logits, y: loss(logits, y).mean()")
+    return loss
 
 
 def evaluate(model: nn.Module, data: Batch, *, loss_fn: LossFn = F.cross_entropy,
              metrics: dict[str, MetricFn] | None = None, batch_size: int = 1024) -> dict[str, float]:
-    """Loss and metrics of ``model`` on ``data = (X, y)`` in eval mode.
+    """Loss and metrics of ``model`` on ``data = (X, y)`` (at least one example) in eval mode.
 
     Returns:
         ``{"loss": ..., <metric name>: ...}``.
     """
     X, y = data
     logits = predict(model, X, batch_size=batch_size)
-    out = {"loss": loss_fn(logits, y).item()}
+    out = {"loss": _scalar_loss(loss_fn(logits, y), "loss_fn").item()}
     for name, fn in (metrics if metrics is not None else {"acc": accuracy}).items():
         out[name] = fn(logits, y)
     return out
@@ -180,18 +249,21 @@ def fit(model: nn.Module, train: Batch, val: Batch | None = None, *, epochs: int
         loss becomes NaN or infinite, training stops there and
         ``history.diverged_at`` holds the step.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    epochs = check_int("epochs", epochs, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     check_range("lr", lr, 0.0)
     if clip_grad_norm is not None:
         check_range("clip_grad_norm", clip_grad_norm, 0.0, low_open=True)
     if clip_grad_value is not None:
         check_range("clip_grad_value", clip_grad_value, 0.0, low_open=True)
+    for name, data in (("train", train), ("val", val)):
+        if data is not None:
+            if len(data[0]) != len(data[1]):
+                raise ValueError(f"{name} X and y must have the same length, got {len(data[0])} and {len(data[1])}")
+            if len(data[1]) == 0:
+                raise ValueError(f"{name} holds no examples: there is nothing to "
+                                 f"{'train on' if name == 'train' else 'evaluate'}")
     X, y = train
-    if len(X) != len(y):
-        raise ValueError(f"train X and y must have the same length, got {len(X)} and {len(y)}")
     device = torch.device(device) if device is not None else get_device()
     model.to(device)
     opt = optimizer(model.parameters(), lr=lr)
@@ -208,7 +280,7 @@ def fit(model: nn.Module, train: Batch, val: Batch | None = None, *, epochs: int
             xb, yb = xb.to(device), yb.to(device)
             if batch_transform is not None:
                 xb, yb = batch_transform(xb, yb)
-            loss = loss_fn(model(xb), yb)
+            loss = _scalar_loss(loss_fn(model(xb), yb), "loss_fn")
             if not torch.isfinite(loss):
                 history.diverged_at = state.step + 1
                 history.step["loss"].append(loss.item())

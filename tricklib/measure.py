@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from ._checks import check_choice, check_range, check_tensor
+from ._checks import check_choice, check_int, check_range, check_tensor
 from .harness import History
 from .runtime import progress as progress_bar
 from .runtime import seed_everything
@@ -515,9 +515,8 @@ def median_times_ms(functions: Sequence[Callable[[], object]], *, rounds: int = 
     wall-clock time, with CUDA synchronised before and after each call on a CUDA ``device``.
     """
     functions = list(functions)
-    for name, value in (("rounds", rounds), ("repeats", repeats), ("warmup", warmup)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "warmup" else 1):
-            raise ValueError(f"{name} must be an integer >= {0 if name == 'warmup' else 1}, got {value!r}")
+    rounds, repeats = check_int("rounds", rounds, 1), check_int("repeats", repeats, 1)
+    warmup = check_int("warmup", warmup, 0)
     if not all(callable(function) for function in functions):
         raise TypeError("functions must be callables taking no arguments")
     device = torch.device("cpu" if device is None else device)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._checks import check_int
+
 
 def mlp(*sizes: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """A multi-layer perceptron: ``Linear`` layers of the given widths with ``activation`` between them.
@@ -12,8 +14,9 @@ def mlp(*sizes: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     (no activation after the last layer: it outputs logits). Layers use PyTorch's
     default initialisation, created in order, so a seed fixes the weights.
     """
-    if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+    if len(sizes) < 2:
         raise ValueError(f"sizes must be at least two positive ints (input, ..., output), got {sizes}")
+    sizes = tuple(check_int(f"sizes[{i}]", s, 1) for i, s in enumerate(sizes))
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         if i:

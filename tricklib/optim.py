@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_range, check_tensor
+from ._checks import check_int, check_range, check_tensor
 
 #: Normalisation layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm); their
 #: scales and shifts are never decayed by :func:`param_groups`.
@@ -71,8 +71,7 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, ex
         check_tensor(name, t, floating=True)
         if t.shape != param.shape:
             raise ValueError(f"{name} must have the shape of param {tuple(param.shape)}, got {tuple(t.shape)}")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"step must be an int >= 1 (steps count from 1), got {step!r}")
+    step = check_int("step", step, 1)  # (steps count from 1)
     check_range("lr", lr, 0.0)
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
@@ -160,11 +159,13 @@ def flood(loss: torch.Tensor, b: float) -> torch.Tensor:
     climbs back up: the training loss hovers around :math:`b` instead of going
     to zero. Apply it to the mini-batch *mean* loss, as in the paper (on a
     per-example loss it floods each example separately). At exactly
-    :math:`J=b` the gradient is zero.
+    :math:`J=b` the gradient is zero. The paper's losses are non-negative (cross-entropy,
+    squared error); :math:`b = 0` turns flooding off and returns ``loss`` itself, also for
+    a loss that can be negative (where :math:`|J| \ne J`).
 
     Args:
         loss: the training loss (a floating-point tensor, usually a scalar).
-        b: the flood level, :math:`b \ge 0` and finite (:math:`b=0` is the plain loss).
+        b: the flood level, :math:`b \ge 0` and finite (:math:`b=0`: the plain loss).
 
     Returns:
         The flooded loss, same shape and dtype as ``loss``. Checked in the tests
@@ -175,4 +176,6 @@ def flood(loss: torch.Tensor, b: float) -> torch.Tensor:
     check_range("b", b, 0.0)
     if not math.isfinite(b):
         raise ValueError(f"b must be finite, got {b}")
+    if b == 0:
+        return loss
     return (loss - b).abs() + b

@@ -16,7 +16,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ._checks import check_choice
+from ._checks import check_choice, check_int
 
 T = TypeVar("T")
 
@@ -62,8 +62,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     Returns:
         A ``torch.Generator`` seeded with ``seed``, for code that wants its own stream.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = check_int("seed", seed, 0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -108,9 +107,7 @@ def seeds(small: int = 6, full: int = 10) -> list[int]:
     Returns:
         A list of distinct seeds.
     """
-    for name, value in (("small", small), ("full", full)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    small, full = check_int("small", small, 1), check_int("full", full, 1)
     count = by_scale(small, full)
     text = os.environ.get(SEEDS_ENV, "").strip()
     if not text:

@@ -13,9 +13,11 @@ scaler                  :math:`x \mapsto`                                      f
 ======================  =====================================================  ============================
 
 Features are the columns of a ``Tensor[N, F]``. Statistics are computed in
-float64 and results returned in the input's dtype. A constant feature (zero
-range or zero std) is divided by 1 instead of 0, as scikit-learn does, so it
-maps to a constant rather than to NaN.
+float64 and results returned in the input's dtype. A constant feature is
+divided by 1 instead of 0, as scikit-learn does, so it maps to a constant
+rather than to NaN or to huge values: for :class:`Standardize` "constant" means
+a variance within the rounding error of its computation, which grows with the
+column's magnitude (see there).
 """
 from __future__ import annotations
 
@@ -126,12 +128,24 @@ class Standardize(Scaler):
 
     LeCun et al. 1998 ("Efficient BackProp") recommend it: inputs with zero mean
     and equal variance keep the Hessian better conditioned, so one learning rate
-    suits every weight. Checked against ``sklearn.preprocessing.StandardScaler``.
+    suits every weight. A feature whose variance is within the rounding error of
+    computing it, :math:`\sigma^2 \le N\epsilon\,\sigma^2 + (N\mu\epsilon)^2` with
+    :math:`\epsilon` float64's machine epsilon (Chan, Golub & LeVeque 1983), is
+    constant: it is divided by 1, so a value one unit away maps to 1, not to
+    :math:`10^{10}`. Checked against ``sklearn.preprocessing.StandardScaler``
+    (which uses the same bound).
     """
 
     def _fit(self, X: torch.Tensor) -> None:
         self.mean = X.mean(dim=0)
-        self.std = _nonzero(X.std(dim=0, correction=0))
+        var = X.var(dim=0, correction=0)
+        # The float64 mean of N equal values can miss them by an ulp, which leaves a variance
+        # of ulp^2 instead of 0 (a std of 1e-11 for values near 1e5). Chan, Golub & LeVeque's
+        # bound on the rounding error of the two-pass variance, as scikit-learn's
+        # _is_constant_feature: a variance below it is indistinguishable from 0.
+        n, eps = X.shape[0], torch.finfo(torch.float64).eps
+        constant = var <= n * eps * var + (n * self.mean * eps) ** 2
+        self.std = torch.where(constant, 1.0, var.sqrt())
 
     def _forward(self, X: torch.Tensor) -> torch.Tensor:
         return (X - self.mean) / self.std
@@ -179,8 +193,13 @@ class Atan(Scaler):
         self.scale = scale
 
     def _fit(self, X: torch.Tensor) -> None:
-        self.s = (_nonzero(X.abs().median(dim=0).values) if self.scale is None
-                  else torch.full((X.shape[1],), float(self.scale), dtype=X.dtype))
+        if self.scale is None:
+            # any positive median is a valid scale, however small (x / s stays finite or
+            # overflows to +-inf, which atan maps to +-1); only 0 (half the values 0) is not
+            median = X.abs().median(dim=0).values
+            self.s = torch.where(median > 0, median, 1.0)
+        else:
+            self.s = torch.full((X.shape[1],), float(self.scale), dtype=X.dtype)
 
     def _forward(self, X: torch.Tensor) -> torch.Tensor:
         return 2 / math.pi * torch.atan(X / self.s)

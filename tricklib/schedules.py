@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ._checks import check_range
+from ._checks import check_int, check_range
 
 Schedule = Callable[[int], float]
 
@@ -65,10 +65,7 @@ def sgdr(T_0: int, T_mult: int = 1, eta_min_ratio: float = 0.0) -> Schedule:
     Equals ``CosineAnnealingWarmRestarts(optimizer, T_0, T_mult, eta_min=eta_min_ratio * lr)``
     stepped once per step.
     """
-    if T_0 < 1:
-        raise ValueError(f"T_0 must be >= 1, got {T_0}")
-    if T_mult < 1 or int(T_mult) != T_mult:
-        raise ValueError(f"T_mult must be an integer >= 1, got {T_mult}")
+    T_0, T_mult = check_int("T_0", T_0, 1), check_int("T_mult", T_mult, 1)
     check_range("eta_min_ratio", eta_min_ratio, 0.0, 1.0)
 
     def f(t: int) -> float:
@@ -91,10 +88,11 @@ def restart_steps(T_0: int, T_mult: int, total_steps: int) -> list[int]:
     """The steps at which SGDR cycles end (their last step, counting from 1), up to ``total_steps``.
 
     These are where a snapshot ensemble saves a model: the learning rate is at
-    its minimum there, just before it jumps back up.
+    its minimum there, just before it jumps back up. ``T_0`` and ``T_mult`` as in
+    :func:`sgdr` (integers >= 1: cycles of ``T_0 * T_mult**k`` steps), ``total_steps >= 0``.
     """
-    if T_0 < 1 or T_mult < 1:
-        raise ValueError(f"T_0 and T_mult must be >= 1, got {T_0} and {T_mult}")
+    T_0, T_mult = check_int("T_0", T_0, 1), check_int("T_mult", T_mult, 1)
+    total_steps = check_int("total_steps", total_steps, 0)
     ends, length, end = [], T_0, T_0
     while end <= total_steps:
         ends.append(end)
@@ -133,10 +131,7 @@ def warmup(schedule: Schedule, warmup_steps: int, start_factor: float = 0.0, *,
     """
     if not callable(schedule):
         raise TypeError(f"schedule must be a function of the step, got {type(schedule).__name__}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int):
-        raise TypeError(f"warmup_steps must be an int, got {type(warmup_steps).__name__}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    warmup_steps = check_int("warmup_steps", warmup_steps, 0)
     check_range("start_factor", start_factor, 0.0, 1.0)
     if total_steps is not None:
         if total_steps < 1:
@@ -170,11 +165,7 @@ def linear_scaling(base_lr: float, batch_size: int, base_batch: int = 256) -> fl
         base_batch: :math:`b_{\text{base}} \ge 1` (default 256, as in the paper).
     """
     check_range("base_lr", base_lr, 0.0, low_open=True)
-    for name, value in (("batch_size", batch_size), ("base_batch", base_batch)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    batch_size, base_batch = check_int("batch_size", batch_size, 1), check_int("base_batch", base_batch, 1)
     return base_lr * batch_size / base_batch
 
 
@@ -233,8 +224,7 @@ def check_schedule(schedule: Schedule, total_steps: int, *, floor: float = 0.01,
     """
     if not callable(schedule):
         raise TypeError(f"schedule must be a function of the step, got {type(schedule).__name__}")
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+    total_steps = check_int("total_steps", total_steps, 1)
     check_range("floor", floor, 0.0, 1.0, low_open=True)
     check_range("max_fraction", max_fraction, 0.0, 1.0)
     below = [t for t in range(total_steps) if schedule(t) < floor]

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
 
-from ._checks import check_choice
+from ._checks import check_choice, check_int
 
 SCALES = ("linear", "log")
 Space = Mapping[str, Sequence[object]]
@@ -40,7 +41,7 @@ def _parse(space: Space) -> list[tuple[str, float, float, bool]]:
         scale = spec[2] if len(spec) == 3 else "linear"
         check_choice(f"scale of space[{name!r}]", scale, SCALES)
         for bound in (low, high):
-            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
+            if isinstance(bound, bool) or not isinstance(bound, numbers.Real) or not math.isfinite(bound):
                 raise ValueError(f"space[{name!r}] bounds must be finite numbers, got {spec!r}")
         if not low < high:
             raise ValueError(f"space[{name!r}] needs low < high, got low={low}, high={high}")
@@ -80,8 +81,7 @@ def grid_points(space: Space, n: int) -> list[dict[str, float]]:
         ``n`` dicts ``{name: value}``, the first axis varying slowest.
     """
     axes = _parse(space)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    n = check_int("n", n, 1)
     d = len(axes)
     k = round(n ** (1 / d))
     if k**d != n:
@@ -111,11 +111,10 @@ def random_points(space: Space, n: int, generator: int | torch.Generator) -> lis
         a draw of ``m`` (so one draw gives the search at every smaller budget).
     """
     axes = _parse(space)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
-    if isinstance(generator, bool) or not isinstance(generator, (int, torch.Generator)):
+    n = check_int("n", n, 0)
+    if isinstance(generator, bool) or not isinstance(generator, (numbers.Integral, torch.Generator)):
         raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
-    g = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(generator)
+    g = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(int(generator))
     # one row per point, so a prefix of the draw is itself a draw
     u = torch.rand(n, len(axes), generator=g, dtype=torch.float64)
     return _from_unit(axes, u)
