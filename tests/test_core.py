@@ -149,6 +149,9 @@ def test_fit_clips_and_detects_divergence():
     assert diff <= 2 * 1.0 * 1e-3 + 1e-6
     h = fit(nn.Linear(2, 2), (X * 1e30, y), epochs=2, lr=1e30, optimizer=torch.optim.SGD, device="cpu")
     assert h.diverged_at is not None and not math.isfinite(h.step["loss"][-1])
+    # every per-step series has one entry per step, the diverged one included
+    assert len(h.step["loss"]) == len(h.step["lr"]) == len(h.step["grad_norm"]) == h.diverged_at
+    assert math.isnan(h.step["grad_norm"][-1])
     with pytest.raises(ValueError):
         fit(model, (X, y), epochs=0)
     with pytest.raises(ValueError):

@@ -282,8 +282,11 @@ def fit(model: nn.Module, train: Batch, val: Batch | None = None, *, epochs: int
                 xb, yb = batch_transform(xb, yb)
             loss = _scalar_loss(loss_fn(model(xb), yb), "loss_fn")
             if not torch.isfinite(loss):
+                # the step that diverged is recorded in every per-step series (no update was made)
                 history.diverged_at = state.step + 1
                 history.step["loss"].append(loss.item())
+                history.step["lr"].append(opt.param_groups[0]["lr"])
+                history.step["grad_norm"].append(math.nan)
                 return history
             opt.zero_grad(set_to_none=True)
             loss.backward()
