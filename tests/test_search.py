@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import tricklib
 from tricklib import grid_points, random_points
 
 SPACE = {"lr": (1e-5, 1.0, "log"), "dropout": (0.0, 0.5)}
@@ -81,3 +82,23 @@ def test_bad_budgets_and_generators_raise():
         random_points(SPACE, 2.5, generator=0)
     with pytest.raises(TypeError, match="generator"):
         random_points(SPACE, 3, generator=None)
+
+
+def test_sobol_points_fill_the_space_evenly_and_follow_each_axis_scale():
+    space = {"lr": (1e-4, 1.0, "log"), "dropout": (0.0, 0.5)}
+    pts = tricklib.sobol_points(space, 64, generator=3)
+    lr = torch.tensor([p["lr"] for p in pts], dtype=torch.float64)
+    dropout = torch.tensor([p["dropout"] for p in pts], dtype=torch.float64)
+    assert (lr >= 1e-4).all() and (lr <= 1.0).all() and (dropout >= 0).all() and (dropout <= 0.5).all()
+    # 64 points of a Sobol sequence: exactly 8 in each eighth of every axis (on its own scale)
+    u_lr = (lr.log() - math.log(1e-4)) / (0 - math.log(1e-4))
+    for u in (u_lr, dropout / 0.5):
+        assert torch.bincount((u * 8).floor().long().clamp(max=7), minlength=8).tolist() == [8] * 8
+    # same seed, same points; another seed, other points; prefixes are smaller searches
+    assert pts == tricklib.sobol_points(space, 64, generator=3)
+    assert pts != tricklib.sobol_points(space, 64, generator=4)
+    assert tricklib.sobol_points(space, 16, generator=3) == pts[:16]
+    expected = torch.quasirandom.SobolEngine(2, scramble=True, seed=3).draw(4, dtype=torch.float64)
+    assert [p["dropout"] for p in pts[:4]] == pytest.approx((expected[:, 1] * 0.5).tolist())
+    with pytest.raises(TypeError):
+        tricklib.sobol_points(space, 4, generator="x")

@@ -24,7 +24,7 @@ from .measure import (Comparison, Paired, Sweep, calibration_bins, check_claims,
 from .optim import adam_step, flood, param_groups
 from .regularize import label_smoothing_cross_entropy, logit_gap, optimal_logit_gap, smooth_labels
 from .runtime import by_scale, get_device, get_scale, progress, seed_everything, seeds
-from .search import grid_points, random_points
+from .search import grid_points, random_points, sobol_points
 from .scaling import Atan, Log, MinMax, Scaler, Standardize
 from .precision import amp_step, autocast_dtype, lost_update_fraction, overflow_fraction, underflow_fraction
 from .schedules import ScheduleCheck, check_schedule, cosine, linear_scaling, restart_steps, sgdr, step_decay, warmup
@@ -44,7 +44,7 @@ __all__ = [
     # boxes and detection (Part 6)
     "average_precision", "batched_soft_nms", "box_iou", "crowded_detections", "crowded_scene", "detection_metrics",
     "simulate_detections", "soft_nms",
-    "adam_step", "flood", "grid_points", "param_groups", "random_points",
+    "adam_step", "flood", "grid_points", "param_groups", "random_points", "sobol_points",
     "SHAPE_CLASSES", "Callback", "Comparison", "History", "Knob", "Paired", "Shapes", "Snapshots", "TrainState",
     "accuracy", "bars", "batches", "by_scale", "calibration_bins", "check_claims", "compare", "cosine", "digits", "draw_boxes",
     "ensemble_probs", "evaluate", "expected_calibration_error", "fit", "focal_loss", "get_device", "get_scale",

@@ -7,8 +7,9 @@ uniform scale or ``(low, high, "log")`` for a logarithmic one::
     for point in random_points(space, 20, generator=0):
         score = train_and_evaluate(**point)
 
-Both functions return a list of ``{name: value}`` dicts, so the same loop runs a
-grid or a random search at the same budget. Checked in ``tests/test_search.py``.
+:func:`grid_points`, :func:`random_points` and :func:`sobol_points` return a list of
+``{name: value}`` dicts, so the same loop runs a grid, a random or a quasi-random
+search at the same budget. Checked in ``tests/test_search.py``.
 """
 from __future__ import annotations
 
@@ -118,3 +119,31 @@ def random_points(space: Space, n: int, generator: int | torch.Generator) -> lis
     # one row per point, so a prefix of the draw is itself a draw
     u = torch.rand(n, len(axes), generator=g, dtype=torch.float64)
     return _from_unit(axes, u)
+
+
+def sobol_points(space: Space, n: int, generator: int | torch.Generator) -> list[dict[str, float]]:
+    r"""``n`` quasi-random points: a scrambled Sobol sequence, each axis on its own scale.
+
+    Random points clump and leave holes by chance; a Sobol sequence (Sobol' 1967) fills
+    the unit cube evenly — every prefix of :math:`2^k` points puts one point in each of
+    :math:`2^k` equal boxes of many axis-aligned partitions — while, like random search,
+    it gives every point a new value of every hyper-parameter. Scrambling (Owen 1995)
+    makes it random again in distribution, so repeated searches differ. The unit-cube
+    points come from ``torch.quasirandom.SobolEngine(d, scramble=True)`` and are mapped
+    like :func:`random_points` (log axes uniform in :math:`\log x`).
+
+    Args:
+        space: ``{name: (low, high)}`` or ``{name: (low, high, "log")}``.
+        n: number of points (>= 0); powers of two fill the space most evenly.
+        generator: an int seed or a ``torch.Generator`` (its initial seed is used) for the scrambling.
+
+    Returns:
+        ``n`` dicts ``{name: value}``; a prefix of the sequence is the search at a smaller budget.
+    """
+    axes = _parse(space)
+    n = check_int("n", n, 0)
+    if isinstance(generator, bool) or not isinstance(generator, (numbers.Integral, torch.Generator)):
+        raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
+    seed = int(generator) if not isinstance(generator, torch.Generator) else generator.initial_seed()
+    engine = torch.quasirandom.SobolEngine(len(axes), scramble=True, seed=seed)
+    return _from_unit(axes, engine.draw(n, dtype=torch.float64))
