@@ -2,8 +2,9 @@
 
 Every trick is plain PyTorch you can paste into your own training loop; the
 book's harness (:func:`fit`, :func:`compare`) only uses them. Modules follow the
-parts of the book: ``schedules`` (Part 2), ``regularize`` (Part 4), ``losses``
-(Part 5), ``boxes`` (Part 6), ``averaging`` (Part 7); ``runtime``, ``data``,
+parts of the book: ``debug``, ``checkpoint``, ``scaling``, ``gradients`` (the recipe),
+``schedules``, ``optim``, ``search``, ``precision`` (optimisation), ``regularize``,
+``losses``, ``boxes``, ``averaging``; ``runtime``, ``data``,
 ``harness``, ``measure``, ``viz`` and ``knobs`` are shared by all chapters.
 """
 from .averaging import ensemble_probs
@@ -41,7 +42,7 @@ __all__ = [
     "GradNormRecorder", "dead_fraction", "layer_grad_norms", "linear_baseline", "majority_baseline",
     "Atan", "Log", "MinMax", "Scaler", "Standardize",
     "CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state", "temp_path",
-    # boxes and detection (Part 6)
+    # boxes and detection
     "average_precision", "batched_soft_nms", "box_iou", "crowded_detections", "crowded_scene", "detection_metrics",
     "simulate_detections", "soft_nms",
     "adam_step", "flood", "grid_points", "param_groups", "random_points", "sobol_points",
@@ -52,7 +53,7 @@ __all__ = [
     "paired_diffs", "payoff", "Sweep", "sweep", "use_book_style",
     "plot_curves", "plot_schedules", "predict", "progress", "reduce_loss", "reliability_diagram", "render_shapes",
     "restart_steps", "seed_everything", "seeds", "sgdr", "sign_flip_p_value", "verdicts", "shapes", "smooth_labels", "split", "step_decay", "toy_2d",
-    # schedules (warm-up, scaling, checks) and precision (Part 2)
+    # schedules (warm-up, scaling, checks) and precision
     "ScheduleCheck", "amp_step", "autocast_dtype", "check_schedule", "linear_scaling", "lost_update_fraction",
     "overflow_fraction", "underflow_fraction", "warmup",
 ]

@@ -1,4 +1,4 @@
-"""Ensembles of weights (snapshot ensembles, Part 2 of the book); weight averaging will join them here."""
+"""Ensembles of weights (snapshot ensembles, an optimisation chapter of the book); weight averaging will join them here."""
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,4 @@
-r"""Boxes for detection (Part 6 of the book): IoU, Soft-NMS, a COCO-style evaluator and crowded scenes.
+r"""Boxes for detection (the detection chapters of the book): IoU, Soft-NMS, a COCO-style evaluator and crowded scenes.
 
 Every box is ``(x1, y1, x2, y2)`` in pixels with ``x2 >= x1`` and ``y2 >= y1``; there is
 no "+1 pixel" convention (a box from 0 to 10 is 10 wide, as in torchvision).

@@ -1,4 +1,4 @@
-"""Reproducible runs and checkpoints that survive a crash (Part 1 of the book).
+"""Reproducible runs and checkpoints that survive a crash (the recipe chapters of the book).
 
 A resumed run continues the *identical* loss curve only if the checkpoint holds
 everything the next step depends on: the weights, the optimiser's state

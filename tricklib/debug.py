@@ -1,4 +1,4 @@
-r"""Debugging a training run before tuning it (Part 1 of the book).
+r"""Debugging a training run before tuning it (the recipe chapters of the book).
 
 Checks from Karpathy's "A Recipe for Training Neural Networks" (2019), each a
 plain function you can call from your own code or unit tests:

@@ -1,4 +1,4 @@
-r"""Watching a training run: gradient norms per layer, and the baselines a metric needs (Part 1).
+r"""Watching a training run: gradient norms per layer, and the baselines a metric needs (the recipe chapters).
 
 Backpropagation multiplies the gradient by one Jacobian per layer on its way
 to the input,

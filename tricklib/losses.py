@@ -1,4 +1,4 @@
-r"""Losses for imbalance and hard examples (Part 5 of the book)."""
+r"""Losses for imbalance and hard examples (the loss chapters of the book)."""
 from __future__ import annotations
 
 import numpy as np

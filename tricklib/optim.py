@@ -1,4 +1,4 @@
-r"""Optimiser tricks as plain PyTorch (Part 2 of the book).
+r"""Optimiser tricks as plain PyTorch (the optimisation chapters of the book).
 
 - :func:`adam_step`: one Adam step written out, with weight decay either as L2
   inside the gradient (``torch.optim.Adam(weight_decay=λ)``) or decoupled

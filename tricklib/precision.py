@@ -1,4 +1,4 @@
-r"""Mixed-precision training: the autocast dtype, loss scaling, and what half precision loses (Part 2).
+r"""Mixed-precision training: the autocast dtype, loss scaling, and what half precision loses (the optimisation chapters).
 
 Micikevicius et al. 2018, "Mixed Precision Training": run the forward and
 backward passes in 16-bit floats, keep an fp32 *master copy* of the weights,

@@ -1,4 +1,4 @@
-r"""Regularisation tricks (Part 4 of the book)."""
+r"""Regularisation tricks (the regularisation chapters of the book)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-r"""Feature scaling fitted on the training split only (Part 1 of the book).
+r"""Feature scaling fitted on the training split only (the recipe chapters of the book).
 
 Four scalers with one small API, ``fit`` on the training features, then
 ``transform`` train, validation and test with the *same* statistics:

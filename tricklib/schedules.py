@@ -1,4 +1,4 @@
-r"""Learning-rate schedules as plain functions of the step (Part 2 of the book).
+r"""Learning-rate schedules as plain functions of the step (the optimisation chapters of the book).
 
 Each factory returns ``f(step) -> multiplier of the base learning rate``, so it
 drops into PyTorch's ``LambdaLR`` in one line::

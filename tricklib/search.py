@@ -1,4 +1,4 @@
-r"""Hyper-parameter search: grid points and random points over the same space (Part 2).
+r"""Hyper-parameter search: grid points and random points over the same space (the optimisation chapters).
 
 A search space maps each hyper-parameter to its range, ``(low, high)`` for a
 uniform scale or ``(low, high, "log")`` for a logarithmic one::
