@@ -20,6 +20,14 @@ def ensemble_probs(model: nn.Module, states: Sequence[dict[str, torch.Tensor]], 
     Ensembles: Train 1, get M for free"), with ``states`` the ``state_dict``\ s
     saved at the end of each SGDR cycle.
 
+    Args:
+        model: the architecture, a classifier that outputs logits ``[N, C]``; it is
+            deep-copied, so its own weights and mode are left as they are.
+        states: at least one ``state_dict`` of ``model`` (the snapshots :math:`\theta_m`),
+            e.g. :class:`~tricklib.harness.Snapshots`' ``states``.
+        X: ``Tensor[N, ...]`` inputs, predicted in eval mode and in batches by
+            :func:`~tricklib.harness.predict` (on the model's device).
+
     Returns:
         ``Tensor[N, C]`` averaged probabilities on the CPU.
     """

@@ -851,6 +851,17 @@ def average_precision(pred_boxes: Sequence[torch.Tensor], pred_scores: Sequence[
     ``Tensor[D_i]`` scores and ``Tensor[G_i, 4]`` ground truth. Shorthand for
     ``detection_metrics(..., iou_thresholds=(iou_threshold,))["ap"]`` (see there; checked
     against pycocotools in ``tests/test_boxes.py``).
+
+    Args:
+        pred_boxes: per image, ``Tensor[D_i, 4]`` float ``(x1, y1, x2, y2)``.
+        pred_scores: per image, ``Tensor[D_i]`` float.
+        gt_boxes: per image, ``Tensor[G_i, 4]`` float ``(x1, y1, x2, y2)``.
+        iou_threshold: the IoU threshold :math:`t` in [0, 1] a prediction needs to match
+            a ground-truth box, default 0.5 (PASCAL VOC's, COCO's ``AP50``).
+        max_detections: highest-scoring predictions kept per image, default 100 (COCO's).
+
+    Returns:
+        The AP as a float; ``nan`` when there is no ground truth at all.
     """
     metrics = detection_metrics(pred_boxes, pred_scores, gt_boxes, iou_thresholds=(iou_threshold,),
                                 max_detections=max_detections)
@@ -963,6 +974,12 @@ def crowded_detections(n_boxes: int, *, per_object: int = 20,
     objects per 512 x 512 pixels (the image grows with the number of objects, from 512 x
     512 for 25 or fewer; object sizes 4-12% of a 512-pixel side), then :func:`simulate_detections` with ``per_object``
     proposals each. Used by ``benchmarks/soft_nms.py`` and the Soft-NMS chapter.
+
+    Args:
+        n_boxes: about how many proposals to make, ``>= 1``: ``max(1, n_boxes // per_object)``
+            objects get ``per_object`` proposals each, plus 0.2 false positives per object.
+        per_object: proposals per ground-truth object, ``>= 1``.
+        generator: ``torch.Generator`` for a reproducible scene and detections.
 
     Returns:
         ``(boxes, scores)`` as :func:`simulate_detections` returns them.

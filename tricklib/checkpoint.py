@@ -81,6 +81,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     one generator refuses its state, those already set are put back before the
     error is raised, so a failed call changes nothing.
 
+    Args:
+        state: what :func:`rng_state` returned, e.g. a loaded checkpoint's ``"rng"`` entry.
+
     Raises:
         ValueError: ``state`` lacks the ``"python"``, ``"numpy"`` or ``"torch"`` entry,
             or one of them is not a state of that generator.
@@ -217,7 +220,11 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def temp_path(path: str | os.PathLike) -> Path:
-    """The fixed temporary file :func:`save_checkpoint` writes before renaming: ``.<name>.tmp`` beside ``path``."""
+    """The fixed temporary file :func:`save_checkpoint` writes before renaming: ``.<name>.tmp`` beside ``path``.
+
+    Args:
+        path: the checkpoint's file path (the file need not exist).
+    """
     path = Path(path)
     return path.with_name(f".{path.name}.tmp")
 

@@ -154,6 +154,15 @@ def toy_2d(name: str, n: int = 1000, *, noise: float = 0.1, classes: int = 2,
     spiral arms. ``"gaussians"``: ``classes`` Gaussian blobs on a circle.
     ``"ring"``: 8 Gaussians on a circle (the GAN benchmark), label = component.
 
+    Args:
+        name: ``"moons"`` | ``"spirals"`` | ``"gaussians"`` | ``"ring"``.
+        n: number of points, ``>= 1``; the classes take turns, so their sizes differ by at most one.
+        noise: standard deviation of the Gaussian noise added to each coordinate, ``>= 0``,
+            in the units of the points (which lie within about ``[-2, 2]``).
+        classes: number of classes for ``"spirals"`` and ``"gaussians"``, ``>= 2``; ignored
+            by ``"moons"`` (always 2) and ``"ring"`` (always 8).
+        seed: int or ``torch.Generator``; the same seed gives the same points.
+
     Returns:
         ``(X, y)``: ``Tensor[n, 2]`` float32, ``Tensor[n]`` int64; classes balanced.
     """
@@ -212,6 +221,14 @@ def make_imbalanced(X: torch.Tensor, y: torch.Tensor, ratio: float, *, minority:
     ratio that needs more examples of ``minority`` than ``y`` holds raises (at least one
     is always kept).
 
+    Args:
+        X: ``Tensor[N, ...]`` examples.
+        y: ``Tensor[N]`` class labels.
+        ratio: wanted size of class ``minority`` relative to all other classes together,
+            finite and ``> 0``.
+        minority: the label of the class to subsample (it must occur in ``y``).
+        seed: int or ``torch.Generator`` for which examples are kept and the shuffle.
+
     Returns:
         ``(X, y)`` with ``max(1, round(ratio * n_rest))`` examples of ``minority``, shuffled.
     """
@@ -240,6 +257,13 @@ def make_imbalanced(X: torch.Tensor, y: torch.Tensor, ratio: float, *, minority:
 def split(X: torch.Tensor, y: torch.Tensor, fractions: Sequence[float] = (0.7, 0.2, 0.1), *,
           seed: int | torch.Generator = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffle and split ``(X, y)`` into parts of the given fractions (e.g. train/val/test).
+
+    Args:
+        X: ``Tensor[N, ...]`` examples.
+        y: ``Tensor[N]`` labels (or targets), the same length as ``X``.
+        fractions: the parts' shares of ``N``, each in (0, 1], summing to 1; default
+            ``(0.7, 0.2, 0.1)`` for train/val/test.
+        seed: int or ``torch.Generator`` for the shuffle.
 
     Returns:
         One ``(X_part, y_part)`` pair per fraction; sizes are rounded down except

@@ -265,6 +265,13 @@ def describe_batch(x: torch.Tensor) -> pd.DataFrame:
     in [0, 1] have mean ≈ 0.2–0.5 and std < 0.5; a batch scaled twice (``/255``
     twice, normalised twice) stands out at once. Checked against ``torch.std_mean``
     in the tests.
+
+    Args:
+        x: ``Tensor[B, C, H, W]`` floating point, the batch as the model receives it.
+
+    Returns:
+        A ``pandas.DataFrame`` with one row per channel and columns ``mean``, ``std``
+        (unbiased), ``min`` and ``max``.
     """
     check_tensor("x", x, ndim=4, floating=True)
     per_channel = x.detach().transpose(0, 1).flatten(1).double()
@@ -281,6 +288,12 @@ def out_of_range(images: torch.Tensor, value_range: tuple[float, float] = (0.0, 
 
     After :func:`unnormalize`, every pixel of a correct pipeline is in the range
     the data came in; a pixel outside it means a scaling or normalisation bug.
+
+    Args:
+        images: ``Tensor[B, ...]`` floating point, at least one image.
+        value_range: ``(low, high)`` with ``low < high``, the range the pixels should lie
+            in; default ``(0.0, 1.0)``.
+        tol: slack allowed on either side of the range (rounding), ``>= 0``.
 
     Returns:
         ``Tensor[B]`` bool.
@@ -494,6 +507,15 @@ def assert_batch_independent(model: Callable[[torch.Tensor], torch.Tensor], x: t
     floating-point noise. Use a batch of at least 2 *distinct* samples: with
     ``B = 1`` a ``view``/``permute`` mix-up is the identity and nothing can be seen.
 
+    Args:
+        model: maps ``Tensor[B, ...]`` to ``Tensor[B, ...]`` (put it in the mode to check,
+            e.g. ``model.eval()``).
+        x: the input batch ``Tensor[B, ...]`` (floating point), ``B >= 2``.
+        tol: the largest :func:`batch_leak` allowed (off-diagonal dependence relative to
+            the largest diagonal entry), ``>= 0``.
+        vectorize: as in :func:`dependency_matrix`: batch the backward passes (default)
+            or loop over them.
+
     Raises:
         ValueError: ``B < 2``.
         AssertionError: the leak exceeds ``tol``; the message names the worst pairs.
@@ -577,6 +599,10 @@ def first_nonfinite(model: nn.Module, *inputs: torch.Tensor) -> str | None:
     on a constant input, or ``log(softmax(z))`` instead of ``log_softmax(z)``.
     (For NaNs that appear only in the backward pass, use
     ``torch.autograd.detect_anomaly``.) Runs without gradients; buffers are restored.
+
+    Args:
+        model: the ``nn.Module`` to run, in its current train/eval mode.
+        *inputs: the arguments of ``model``'s forward, as tensors.
 
     Returns:
         ``"<input>"`` if an input is already non-finite, the qualified module name

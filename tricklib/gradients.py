@@ -47,6 +47,10 @@ def layer_grad_norms(model: nn.Module) -> dict[str, float]:
     yet are left out. Checked against ``torch.linalg.vector_norm`` of the
     concatenated gradients in ``tests/test_gradients.py``.
 
+    Args:
+        model: the ``nn.Module`` whose parameters' ``.grad`` to read (only parameters
+            with ``requires_grad`` count).
+
     Returns:
         ``{layer name: norm}`` (names as in ``model.named_modules()``, e.g. ``"0"``, ``"2"``).
     """
@@ -92,6 +96,12 @@ class GradNormRecorder(Callback):
         return current
 
     def on_step_end(self, state: TrainState) -> None:
+        """Call :meth:`record` after each optimiser step of :func:`~tricklib.harness.fit`.
+
+        Args:
+            state: the loop's :class:`~tricklib.harness.TrainState` (not used: the
+                gradients are read from the model given to the constructor).
+        """
         self.record()
 
     def as_tensor(self) -> torch.Tensor:
@@ -162,6 +172,13 @@ def majority_baseline(y_train: torch.Tensor, y_eval: torch.Tensor) -> float:
     The floor any classifier must clear: on 1:9 data it is already 0.9. Equals
     ``sklearn.dummy.DummyClassifier(strategy="most_frequent")`` (ties go to the
     smallest label), checked in the tests.
+
+    Args:
+        y_train: ``Tensor[N]`` integer class labels the majority is counted on, non-empty.
+        y_eval: ``Tensor[M]`` integer class labels the constant prediction is scored on, non-empty.
+
+    Returns:
+        The accuracy, in [0, 1].
     """
     check_tensor("y_train", y_train, ndim=1)
     check_tensor("y_eval", y_eval, ndim=1)

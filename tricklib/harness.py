@@ -45,13 +45,26 @@ class History:
     diverged_at: int | None = None
 
     def last(self, key: str) -> float:
-        """The last per-epoch value of ``key`` (e.g. ``history.last("val_acc")``)."""
+        """The last per-epoch value of ``key`` (e.g. ``history.last("val_acc")``).
+
+        Args:
+            key: a key of :attr:`epoch`, e.g. ``"val_loss"`` or ``"train_acc"``.
+        """
         return self.epoch[key][-1]
 
 
 @dataclass
 class TrainState:
-    """What a callback sees: the objects being trained and where the loop is."""
+    """What a callback sees: the objects being trained and where the loop is.
+
+    Attributes:
+        model: the model being trained.
+        optimizer: the optimiser :func:`fit` built.
+        history: the :class:`History` being recorded.
+        step: optimisation steps done so far (1 at the first ``on_step_end``).
+        epoch: the current epoch, counting from 1.
+        loss: training loss of the last batch (NaN before the first step).
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -65,10 +78,18 @@ class Callback:
     """Hook into :func:`fit`. Override what you need; both hooks default to no-ops."""
 
     def on_step_end(self, state: TrainState) -> None:
-        """Called after each optimiser step (``state.step`` counts from 1)."""
+        """Called after each optimiser step (``state.step`` counts from 1).
+
+        Args:
+            state: the loop's :class:`TrainState`, updated for this step.
+        """
 
     def on_epoch_end(self, state: TrainState) -> None:
-        """Called after each epoch, once the epoch metrics are in ``state.history``."""
+        """Called after each epoch, once the epoch metrics are in ``state.history``.
+
+        Args:
+            state: the loop's :class:`TrainState` (``state.epoch`` counts from 1).
+        """
 
 
 class Snapshots(Callback):
@@ -84,6 +105,11 @@ class Snapshots(Callback):
         self.states: list[dict[str, torch.Tensor]] = []
 
     def on_step_end(self, state: TrainState) -> None:
+        """Append a deep copy of ``state.model.state_dict()`` to ``self.states`` if this step is one of ``at_steps``.
+
+        Args:
+            state: the loop's :class:`TrainState`.
+        """
         if state.step in self.at_steps:
             self.states.append(copy.deepcopy(state.model.state_dict()))
 
@@ -103,6 +129,14 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
       trailing 1 (``[N, 1]`` logits with ``[N, 1]`` or ``[N]`` targets, as
       ``binary_cross_entropy_with_logits`` wants them); 0/1 labels (bool, integer or
       float; float targets in [0, 1] count as 1 from 0.5, so smoothed labels work).
+
+    Args:
+        logits: float tensor of model outputs, ``[..., C]`` (multi-class) or ``[...]`` /
+            ``[..., 1]`` (binary), as above.
+        y: the labels: class indices, one-hot or soft targets, or binary 0/1 labels, as above.
+
+    Returns:
+        The accuracy, a float in [0, 1].
 
     Raises:
         TypeError: ``logits`` or ``y`` is not a tensor, or ``logits`` is not floating point.
@@ -145,7 +179,16 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
             generator: torch.Generator | None = None) -> Iterator[Batch]:
-    """Yield ``(X, y)`` mini-batches from in-memory tensors (much faster than a DataLoader for toys)."""
+    """Yield ``(X, y)`` mini-batches from in-memory tensors (much faster than a DataLoader for toys).
+
+    Args:
+        X: ``Tensor[N, ...]`` inputs.
+        y: ``Tensor[N, ...]`` targets.
+        batch_size: examples per batch; the last batch holds the remainder.
+        shuffle: visit the examples in a random order (a new one each call) instead of in order.
+        generator: ``torch.Generator`` for the shuffle (reproducible order); ignored
+            without ``shuffle``.
+    """
     n = len(y)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
@@ -160,6 +203,16 @@ def predict(model: nn.Module, X: torch.Tensor, *, batch_size: int = 1024,
 
     ``device`` defaults to that of the model's first parameter (the CPU for a model
     without parameters); the model's train/eval mode is restored afterwards.
+
+    Args:
+        model: the ``nn.Module`` to run.
+        X: ``Tensor[N, ...]`` inputs, ``N >= 1``; moved to ``device`` one batch at a time.
+        batch_size: examples per forward pass, ``>= 1``.
+        device: where to run ``model`` (it is not moved: give the device it is on);
+            default its first parameter's.
+
+    Returns:
+        The outputs ``model(X)``, concatenated over batches, on the CPU.
     """
     check_tensor("X", X)
     if X.dim() == 0 or len(X) == 0:
@@ -188,6 +241,14 @@ def _scalar_loss(loss: torch.Tensor, name: str) -> torch.Tensor:
 def evaluate(model: nn.Module, data: Batch, *, loss_fn: LossFn = F.cross_entropy,
              metrics: dict[str, MetricFn] | None = None, batch_size: int = 1024) -> dict[str, float]:
     """Loss and metrics of ``model`` on ``data = (X, y)`` (at least one example) in eval mode.
+
+    Args:
+        model: the ``nn.Module`` mapping ``X`` to logits, run with :func:`predict`.
+        data: ``(X, y)`` tensors.
+        loss_fn: ``loss_fn(logits, y)`` returning one number (a mean), default cross-entropy.
+        metrics: ``{name: fn(logits, y)}``, each returning a float; default
+            ``{"acc": accuracy}``.
+        batch_size: examples per forward pass.
 
     Returns:
         ``{"loss": ..., <metric name>: ...}``.

@@ -234,6 +234,14 @@ class Knob:
 def knob(figure: Callable[..., Figure | Axes], values: Mapping[str, Sequence[Any]], **kwargs: Any) -> Knob:
     """Build a :class:`Knob` (same arguments).
 
+    Args:
+        figure: ``figure(**{name: value})`` returns a matplotlib ``Figure`` or ``Axes``
+            for one frame (see :class:`Knob`).
+        values: ``{name: [value, ...]}`` for one or two knobs, at least two distinct
+            values each.
+        **kwargs: the keyword-only arguments of :class:`Knob` (``initial``, ``dpi``,
+            ``colors``, ``title``, ``labels``, ``caption``, ``max_bytes``).
+
     Example:
         ``tricklib.knob(lambda gamma: plot_focal(gamma), {"gamma": [0, 0.5, 1, 2, 5]})``
     """

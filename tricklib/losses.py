@@ -18,7 +18,12 @@ REDUCTIONS = ("none", "mean", "sum")
 
 
 def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Apply ``"none"``, ``"mean"`` or ``"sum"``; the mean of nothing is ``0`` (and keeps the graph)."""
+    """Apply ``"none"``, ``"mean"`` or ``"sum"``; the mean of nothing is ``0`` (and keeps the graph).
+
+    Args:
+        loss: elementwise loss tensor of any shape.
+        reduction: ``"none"`` (return ``loss`` as is) | ``"mean"`` | ``"sum"``.
+    """
     check_choice("reduction", reduction, REDUCTIONS)
     if reduction == "none":
         return loss

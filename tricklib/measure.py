@@ -174,7 +174,11 @@ class Paired:
 
     def within(self, margin: float) -> bool:
         """True when the whole 95% interval lies inside ``(-margin, +margin)``: the seeds rule out
-        a difference as large as ``margin`` (an equivalence claim, which more seeds only make easier)."""
+        a difference as large as ``margin`` (an equivalence claim, which more seeds only make easier).
+
+        Args:
+            margin: the smallest difference that would matter, in the units of the metric, ``> 0``.
+        """
         check_range("margin", margin, 0.0, low_open=True)
         lo, hi = self.ci
         return bool(-margin < lo and hi < margin)
@@ -192,7 +196,11 @@ class Paired:
         return "clearly better" if up == (self.better == "higher") else "clearly worse"
 
     def verdict(self, digits: int = 3) -> str:
-        """One sentence, e.g. ``val_acc, smoothing − baseline: clearly higher, +0.021 (95% CI +0.012 … +0.030, 6 seeds)``."""
+        """One sentence, e.g. ``val_acc, smoothing − baseline: clearly higher, +0.021 (95% CI +0.012 … +0.030, 6 seeds)``.
+
+        Args:
+            digits: decimals shown for the mean difference and the interval.
+        """
         what = f"{self.metric}, {self.trick} − {self.baseline}"
         if not self.finite:
             bad = sum(not math.isfinite(d) for d in self.diffs)
@@ -229,7 +237,12 @@ class Comparison:
         return [c for c in self.table.columns if c not in ("variant", "seed")]
 
     def summary(self, metrics: Sequence[str] | None = None, digits: int = 3) -> pd.DataFrame:
-        """``mean ± std`` over seeds per variant (rows) and metric (columns), as strings."""
+        """``mean ± std`` over seeds per variant (rows) and metric (columns), as strings.
+
+        Args:
+            metrics: the metrics to show, in this order; default all of them.
+            digits: decimals shown for mean and std (the sample standard deviation, 0 for one seed).
+        """
         metrics = list(metrics) if metrics is not None else self.metrics
         grouped = self.table.groupby("variant", sort=False)[metrics]
         mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
@@ -240,7 +253,12 @@ class Comparison:
         return out
 
     def values(self, metric: str, variant: str) -> list[float]:
-        """The per-seed values of ``metric`` for ``variant``, in seed order."""
+        """The per-seed values of ``metric`` for ``variant``, in seed order.
+
+        Args:
+            metric: a metric (column) of :attr:`table`.
+            variant: a variant of this comparison.
+        """
         if metric not in self.metrics:
             raise ValueError(f"unknown metric {metric!r}; have {self.metrics}")
         rows = self.table[self.table["variant"] == variant].sort_values("seed")
@@ -288,6 +306,10 @@ def verdicts(pairs: Iterable[Paired], digits: int = 3) -> pd.DataFrame:
     difference, 95% interval, seeds and the verdict in words.
 
     Shown as the last expression of a notebook cell it renders as an HTML table.
+
+    Args:
+        pairs: :class:`Paired` objects, e.g. from :meth:`Comparison.paired`.
+        digits: decimals shown for the mean difference and the interval.
     """
     rows, index = [], []
     for p in pairs:
@@ -409,13 +431,22 @@ class Sweep:
     comparisons: list[Comparison]
 
     def table(self, digits: int = 3) -> pd.DataFrame:
-        """:func:`verdicts` with the swept value as the index."""
+        """:func:`verdicts` with the swept value as the index.
+
+        Args:
+            digits: decimals shown for the mean difference and the interval.
+        """
         out = verdicts(self.paired, digits)
         out.index = pd.Index([str(v) for v in self.values], name=self.variable)
         return out
 
     def where(self, direction: int) -> list[Any]:
-        """The values at which the effect is clearly positive (``1``), clearly negative (``-1``) or not clear (``0``)."""
+        """The values at which the effect is clearly positive (``1``), clearly negative (``-1``) or not clear (``0``).
+
+        Args:
+            direction: ``1``, ``-1`` or ``0``, compared with each :attr:`Paired.direction`
+                (the sign of ``trick − baseline``, whichever direction is better).
+        """
         check_choice("direction", direction, (-1, 0, 1))
         return [v for v, p in zip(self.values, self.paired) if p.direction == direction]
 
@@ -495,6 +526,14 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
 
     over ``n_bins`` equal-width bins of the top-class confidence. Checked in the
     tests against a direct loop over bins.
+
+    Args:
+        probs: ``Tensor[N, C]`` predicted probabilities (rows sum to 1), ``N >= 1``.
+        labels: ``Tensor[N]`` int64 true classes.
+        n_bins: number of equal-width confidence bins on [0, 1], as in :func:`calibration_bins`.
+
+    Returns:
+        The ECE, a float in [0, 1].
     """
     bins = calibration_bins(probs, labels, n_bins)
     if len(labels) == 0:
@@ -513,6 +552,17 @@ def median_times_ms(functions: Sequence[Callable[[], object]], *, rounds: int = 
     ``rounds * repeats`` samples. With torch on one CPU thread, the clock is the calling
     thread's CPU time (time spent waiting for a core does not count); otherwise it is
     wall-clock time, with CUDA synchronised before and after each call on a CUDA ``device``.
+
+    Args:
+        functions: callables taking no arguments (wrap arguments with a ``lambda``).
+        rounds: rounds of turns over the functions, ``>= 1``.
+        repeats: back-to-back timed calls of each function per round, ``>= 1``.
+        warmup: untimed calls of each function before the first round, ``>= 0``.
+        device: the device the functions run on; ``"cuda"`` (or a CUDA device)
+            synchronises around each call; default the CPU.
+
+    Returns:
+        One median time in milliseconds per function, in the order of ``functions``.
     """
     functions = list(functions)
     rounds, repeats = check_int("rounds", rounds, 1), check_int("repeats", repeats, 1)

@@ -13,6 +13,12 @@ def mlp(*sizes: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     ``Linear(64, 128) → ReLU → Linear(128, 128) → ReLU → Linear(128, 10)``
     (no activation after the last layer: it outputs logits). Layers use PyTorch's
     default initialisation, created in order, so a seed fixes the weights.
+
+    Args:
+        *sizes: at least two positive widths: the input features, the hidden widths,
+            the output size (number of logits).
+        activation: the ``nn.Module`` class put between consecutive ``Linear`` layers
+            (a new instance each time), default ``nn.ReLU``.
     """
     if len(sizes) < 2:
         raise ValueError(f"sizes must be at least two positive ints (input, ..., output), got {sizes}")

@@ -27,6 +27,10 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype:
     GPUs that support it (Ampere and newer: fp32's exponent range, so no loss
     scaling is needed); ``float16`` on older CUDA GPUs and on Apple's MPS, where
     it needs a ``GradScaler``.
+
+    Args:
+        device: a ``torch.device`` or a string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"``
+            or ``"mps"`` (other device types raise ``ValueError``).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -92,6 +96,14 @@ def overflow_fraction(tensors: torch.Tensor | Iterable[torch.Tensor], dtype: tor
     The other side of loss scaling: fp16's largest finite value is 65504, so too
     large an :math:`S` overflows. ``GradScaler`` then skips the step and halves
     :math:`S`. Arguments as in :func:`underflow_fraction`.
+
+    Args:
+        tensors: a tensor or an iterable of tensors (e.g. the ``.grad`` of each parameter).
+        dtype: ``torch.float16`` or ``torch.bfloat16``.
+        scale: the loss scale :math:`S > 0`.
+
+    Returns:
+        The fraction in [0, 1] (0.0 when no entry is finite).
     """
     _check_half(dtype)
     check_range("scale", scale, 0.0, low_open=True)

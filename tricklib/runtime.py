@@ -59,6 +59,11 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     (``warn_only``, so ops without a deterministic version still run) and cuDNN's
     autotuner is switched off; on the CPU this makes two runs bit-identical.
 
+    Args:
+        seed: a non-negative integer (NumPy gets ``seed % 2**32``).
+        deterministic: also ask for deterministic algorithms, as above; the setting
+            stays on for the rest of the process.
+
     Returns:
         A ``torch.Generator`` seeded with ``seed``, for code that wants its own stream.
     """
@@ -86,6 +91,10 @@ def by_scale(small: T, full: T) -> T:
     """Return ``small`` at the small (CI) scale and ``full`` at the full scale.
 
     Example: ``epochs = by_scale(small=20, full=200)``.
+
+    Args:
+        small: the value at the ``"small"`` scale (CPU, CI, the saved notebooks).
+        full: the value at the ``"full"`` scale (the default with CUDA); see :func:`get_scale`.
     """
     return small if get_scale() == "small" else full
 
@@ -129,6 +138,11 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None) -> I
     iterable unchanged: the saved notebooks of the book are run that way, so
     they carry no ipywidgets progress bar (whose JavaScript would have to come
     from the network).
+
+    Args:
+        iterable: what the loop runs over.
+        desc: the bar's label, e.g. what one item is (``"seeds"``).
+        total: number of items, for an iterable without ``len()`` (a generator).
     """
     if os.environ.get(PROGRESS_ENV, "1") == "0" or os.environ.get("TQDM_DISABLE", "0") not in ("", "0"):
         return iterable

@@ -38,23 +38,42 @@ class Scaler:
     n_features: int | None = None
 
     def fit(self, X: torch.Tensor) -> "Scaler":
-        """Learn the statistics from the training features ``X`` (``Tensor[N, F]``, N ≥ 1); returns ``self``."""
+        """Learn the statistics from the training features ``X`` (``Tensor[N, F]``, N ≥ 1); returns ``self``.
+
+        Args:
+            X: ``Tensor[N, F]`` floating point, finite: the training split only (fitting on
+                validation or test rows leaks their statistics into training).
+        """
         X = self._check(X, fitting=True)
         self._fit(X.double())
         self.n_features = X.shape[1]
         return self
 
     def transform(self, X: torch.Tensor) -> torch.Tensor:
-        """Scale ``X`` (``Tensor[M, F]``) with the statistics learned by :meth:`fit`."""
+        """Scale ``X`` (``Tensor[M, F]``) with the statistics learned by :meth:`fit`.
+
+        Args:
+            X: ``Tensor[M, F]`` floating point, the same ``F`` features as in :meth:`fit`;
+                returned in its dtype (computed in float64).
+        """
         X = self._check(X)
         return self._forward(X.double()).to(X.dtype)
 
     def fit_transform(self, X: torch.Tensor) -> torch.Tensor:
-        """``fit(X)`` then ``transform(X)`` — for the training split only."""
+        """``fit(X)`` then ``transform(X)`` — for the training split only.
+
+        Args:
+            X: ``Tensor[N, F]`` floating point, finite: the training features.
+        """
         return self.fit(X).transform(X)
 
     def inverse_transform(self, Z: torch.Tensor) -> torch.Tensor:
-        """Map scaled features back to the original units (e.g. to read a prediction in dollars)."""
+        """Map scaled features back to the original units (e.g. to read a prediction in dollars).
+
+        Args:
+            Z: ``Tensor[M, F]`` floating point, in the scaled units (the output of
+                :meth:`transform`, or a prediction made in them).
+        """
         Z = self._check(Z, name="Z")
         return self._inverse(Z.double()).to(Z.dtype)
 
@@ -97,6 +116,10 @@ class MinMax(Scaler):
     Validation/test values outside the training range map outside ``[a, b]``
     (no clipping); one outlier in the training set squeezes all other values
     into a tiny interval. Checked against ``sklearn.preprocessing.MinMaxScaler``.
+
+    Args:
+        feature_range: ``(a, b)`` with ``a < b``: where the training minimum and maximum
+            of each feature land.
     """
 
     def __init__(self, feature_range: tuple[float, float] = (0.0, 1.0)):

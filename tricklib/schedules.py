@@ -27,6 +27,14 @@ def step_decay(milestones: Sequence[int], gamma: float = 0.1) -> Schedule:
     .. math:: \eta_t = \eta_0\,\gamma^{\,|\{m \in \text{milestones} : m \le t\}|}
 
     Equals ``torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma)``.
+
+    Args:
+        milestones: increasing steps ``>= 1`` (optimisation steps, not epochs) at which
+            the rate is multiplied by ``gamma``.
+        gamma: the factor applied at each milestone, in (0, 1].
+
+    Returns:
+        ``f(step) -> multiplier`` of the base learning rate.
     """
     if list(milestones) != sorted(milestones) or any(m < 1 for m in milestones):
         raise ValueError(f"milestones must be increasing positive steps, got {list(milestones)}")
@@ -43,6 +51,13 @@ def cosine(total_steps: int, eta_min_ratio: float = 0.0) -> Schedule:
     and :math:`\eta_{\min}` after ``T``. Loshchilov & Hutter 2017, "SGDR"; He et
     al. 2019, "Bag of Tricks". Equals ``CosineAnnealingLR(optimizer, T_max=T,
     eta_min=eta_min_ratio * lr)`` for ``t <= T``.
+
+    Args:
+        total_steps: :math:`T \ge 1`, the steps the decay takes.
+        eta_min_ratio: :math:`\eta_{\min}/\eta_0 \in [0, 1]`, the final multiplier.
+
+    Returns:
+        ``f(step) -> multiplier`` of the base learning rate.
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -64,6 +79,15 @@ def sgdr(T_0: int, T_mult: int = 1, eta_min_ratio: float = 0.0) -> Schedule:
     length starts at ``T_0`` and is multiplied by ``T_mult`` after every restart.
     Equals ``CosineAnnealingWarmRestarts(optimizer, T_0, T_mult, eta_min=eta_min_ratio * lr)``
     stepped once per step.
+
+    Args:
+        T_0: length of the first cycle in steps, an integer ``>= 1``.
+        T_mult: factor by which each cycle is longer than the one before, an integer
+            ``>= 1`` (1: all cycles have ``T_0`` steps).
+        eta_min_ratio: :math:`\eta_{\min}/\eta_0 \in [0, 1]`, the multiplier at the end of each cycle.
+
+    Returns:
+        ``f(step) -> multiplier`` of the base learning rate.
     """
     T_0, T_mult = check_int("T_0", T_0, 1), check_int("T_mult", T_mult, 1)
     check_range("eta_min_ratio", eta_min_ratio, 0.0, 1.0)
@@ -90,6 +114,11 @@ def restart_steps(T_0: int, T_mult: int, total_steps: int) -> list[int]:
     These are where a snapshot ensemble saves a model: the learning rate is at
     its minimum there, just before it jumps back up. ``T_0`` and ``T_mult`` as in
     :func:`sgdr` (integers >= 1: cycles of ``T_0 * T_mult**k`` steps), ``total_steps >= 0``.
+
+    Args:
+        T_0: length of the first cycle in steps, ``>= 1``.
+        T_mult: growth factor of the cycle length, ``>= 1``.
+        total_steps: length of the run, ``>= 0``; only cycles that end within it are listed.
     """
     T_0, T_mult = check_int("T_0", T_0, 1), check_int("T_mult", T_mult, 1)
     total_steps = check_int("total_steps", total_steps, 0)

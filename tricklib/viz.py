@@ -18,7 +18,7 @@ from .measure import Comparison, Sweep, calibration_bins
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
-#: The column of the book is about 690 px wide: at 100 dpi a figure of 6.9 inches is shown
+#: The column of the book is about 690 px wide, so at 100 dpi a figure of 6.9 inches is shown
 #: at its natural size, and 9-point text is 12.5 px on the page (the page wants >= 9 px).
 BOOK_STYLE = {
     "figure.figsize": (6.8, 3.4),
@@ -67,7 +67,9 @@ def plot_curves(histories: Mapping[str, Sequence[History]] | Comparison, key: st
         key: the recorded series, e.g. ``"val_loss"`` (per epoch) or ``"loss"`` (per step).
         per: ``"epoch"`` or ``"step"``.
         smooth: moving-average window (useful for noisy per-step losses).
+        ax: the Matplotlib ``Axes`` to draw on; default a new 5 x 3.2 inch figure.
         logy: logarithmic y axis.
+        ylabel: the y-axis label; default ``key``.
     """
     if isinstance(histories, Comparison):
         histories = histories.histories
@@ -98,7 +100,16 @@ def plot_curves(histories: Mapping[str, Sequence[History]] | Comparison, key: st
 
 def plot_schedules(schedules: Mapping[str, Callable[[int], float] | Sequence[float]], steps: int | None = None,
                    *, ax: Axes | None = None, ylabel: str = "learning rate") -> Axes:
-    """Learning rate against step for each named schedule (a function of the step, or a list)."""
+    """Learning rate against step for each named schedule (a function of the step, or a list).
+
+    Args:
+        schedules: ``{name: schedule}``, each a function of the step (e.g. :func:`~tricklib.schedules.cosine`)
+            or a list of values, one per step from step 0.
+        steps: the steps ``0 .. steps - 1`` at which the functions are evaluated; needed
+            when any schedule is a function (lists are drawn whole).
+        ax: the Matplotlib ``Axes`` to draw on; default a new 5 x 3.2 inch figure.
+        ylabel: the y-axis label.
+    """
     ax = _axes(ax)
     for i, (name, sched) in enumerate(schedules.items()):
         if callable(sched):
@@ -124,6 +135,11 @@ def draw_boxes(boxes: torch.Tensor, scores: torch.Tensor | None = None, *, image
         boxes: ``Tensor[N, 4]`` in pixel coordinates of ``image`` (if given).
         scores: ``Tensor[N]`` in [0, 1], drawn as opacity; all solid if None.
         image: ``Tensor[C, H, W]`` or ``[H, W]`` shown underneath.
+        ax: the Matplotlib ``Axes`` to draw on; default a new 4 x 4 inch figure.
+        color: edge colour of every box (any Matplotlib colour).
+        lw: line width in points.
+        label: one legend entry for all these boxes (call ``ax.legend()`` to show it).
+        linestyle: Matplotlib line style, e.g. ``"-"`` or ``"--"``.
     """
     ax = _axes(ax, (4, 4))
     if image is not None:
@@ -145,7 +161,14 @@ def draw_boxes(boxes: torch.Tensor, scores: torch.Tensor | None = None, *, image
 
 
 def bars(comparison: Comparison, metric: str, *, ax: Axes | None = None, ylabel: str | None = None) -> Axes:
-    """Mean ± std per variant as bars with error bars, every seed as a dot."""
+    """Mean ± std per variant as bars with error bars, every seed as a dot.
+
+    Args:
+        comparison: a :class:`~tricklib.measure.Comparison` from :func:`~tricklib.measure.compare`.
+        metric: the metric (column) to show.
+        ax: the Matplotlib ``Axes`` to draw on; default a new 4 x 3 inch figure.
+        ylabel: the y-axis label; default ``metric``.
+    """
     ax = _axes(ax, (4, 3))
     for i, name in enumerate(comparison.variants):
         vals = np.asarray(comparison.values(metric, name))
@@ -165,6 +188,13 @@ def paired_diffs(comparison: Comparison, metric: str, baseline: str, tricks: Seq
 
     A filled marker means the difference is clear (:attr:`~tricklib.measure.Paired.clear`), a hollow one
     that it is not.
+
+    Args:
+        comparison: a :class:`~tricklib.measure.Comparison` from :func:`~tricklib.measure.compare`.
+        metric: the metric (column) whose differences are shown.
+        baseline: the variant subtracted.
+        tricks: the variants compared with ``baseline``, one column each, in this order.
+        ax: the Matplotlib ``Axes`` to draw on; default a new 4 x 3 inch figure.
     """
     ax = _axes(ax, (4, 3))
     for i, trick in enumerate(tricks):
@@ -193,6 +223,7 @@ def payoff(result: Sweep, *, ax: Axes | None = None, ylabel: str | None = None, 
 
     Args:
         result: a :class:`~tricklib.measure.Sweep` from :func:`~tricklib.measure.sweep`.
+        ax: the Matplotlib ``Axes`` to draw on; default a new 5 x 3.2 inch figure.
         ylabel: default ``"Δ <metric>: <trick> − <baseline>"``.
         logx: logarithmic x axis (numeric values only).
         annotate: write the verdict above or below each clear point.
@@ -229,7 +260,17 @@ def payoff(result: Sweep, *, ax: Axes | None = None, ylabel: str | None = None, 
 
 def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, *, n_bins: int = 10, ax: Axes | None = None,
                         label: str | None = None, color: str | None = None) -> Axes:
-    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    """Accuracy against confidence per bin; the diagonal is perfect calibration.
+
+    Args:
+        probs: ``Tensor[N, C]`` predicted probabilities (rows sum to 1).
+        labels: ``Tensor[N]`` int64 true classes.
+        n_bins: equal-width confidence bins on [0, 1] (:func:`~tricklib.measure.calibration_bins`);
+            empty bins are not drawn.
+        ax: the Matplotlib ``Axes`` to draw on; default a new 3.5 x 3.5 inch figure.
+        label: legend entry for this curve (the legend is shown when given).
+        color: the curve's colour; default Matplotlib's next one.
+    """
     ax = _axes(ax, (3.5, 3.5))
     b = calibration_bins(probs, labels, n_bins)
     filled = b["count"] > 0
