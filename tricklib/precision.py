@@ -95,7 +95,7 @@ def overflow_fraction(tensors: torch.Tensor | Iterable[torch.Tensor], dtype: tor
 
     The other side of loss scaling: fp16's largest finite value is 65504, so too
     large an :math:`S` overflows. ``GradScaler`` then skips the step and halves
-    :math:`S`. Arguments as in :func:`underflow_fraction`.
+    :math:`S`.
 
     Args:
         tensors: a tensor or an iterable of tensors (e.g. the ``.grad`` of each parameter).
