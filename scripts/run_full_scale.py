@@ -5,9 +5,10 @@
 
 Each chapter runs in a fresh kernel on this machine's CPU (one thread, as the book's
 small-scale runs), with its claims checked (``tricklib.check_claims`` raises when one fails).
-Prints one Markdown table row per chapter; with ``--write-how-to-run`` the rows replace
-the table between the ``full-scale-times`` markers of book/how-to-run.md, with the CPU
-and the date. A background job, not CI: the whole book takes about an hour.
+Prints one Markdown table row per chapter; with ``--write-how-to-run`` each row replaces
+that chapter's row in the table between the ``full-scale-times`` markers of
+book/how-to-run.md (other chapters' rows are kept, so one chapter can be re-run after a
+change), with the date and the CPU. A background job, not CI: the whole book takes about an hour.
 """
 from __future__ import annotations
 
@@ -65,19 +66,30 @@ def main(argv: list[str]) -> int:
     rows = []
     for path in paths:
         seconds, outcome = run(path)
-        row = f"| {path.relative_to(ROOT).with_suffix('')} | {seconds / 60:.1f} min | {outcome} |"
+        row = (f"| {path.relative_to(ROOT).with_suffix('')} | {seconds / 60:.1f} min | {outcome} "
+               f"| {datetime.date.today().isoformat()}, {cpu_name()} |")
         print(row, flush=True)
         rows.append(row)
-    if write:
-        table = "\n".join([f"Measured on {datetime.date.today().isoformat()}, {cpu_name()}, one CPU thread "
-                           "(`python scripts/run_full_scale.py --write-how-to-run`):", "",
-                           "| chapter | time at full scale | outcome |", "|---|---|---|", *rows])
-        text = HOW_TO_RUN.read_text(encoding="utf-8")
-        if BEGIN not in text or END not in text:
-            raise SystemExit(f"{HOW_TO_RUN} has no {BEGIN} … {END} block")
-        head, rest = text.split(BEGIN, 1)
-        HOW_TO_RUN.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8")
+        if write:
+            write_row(row)
     return 0 if all("FAILED" not in r for r in rows) else 1
+
+
+def write_row(row: str) -> None:
+    """Put ``row`` into book/how-to-run.md's table, replacing the row of the same chapter."""
+    text = HOW_TO_RUN.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{HOW_TO_RUN} has no {BEGIN} … {END} block")
+    head, rest = text.split(BEGIN, 1)
+    block, tail = rest.split(END, 1)
+    chapter = row.split("|")[1].strip()
+    old = {r.split("|")[1].strip(): r for r in block.splitlines() if r.startswith("| chapters/")}
+    old[chapter] = row
+    order = [str(p.relative_to(ROOT).with_suffix("")) for p in toc_chapters()]
+    rows = [old[c] for c in order if c in old]
+    table = "\n".join(["One CPU thread, `python scripts/run_full_scale.py --write-how-to-run [chapter ...]`:", "",
+                        "| chapter | time at full scale | outcome | measured |", "|---|---|---|---|", *rows])
+    HOW_TO_RUN.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}", encoding="utf-8")
 
 
 if __name__ == "__main__":
