@@ -4,6 +4,7 @@ import pytest
 import torch
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
+import tricklib as tl
 from tricklib import Atan, Log, MinMax, Standardize
 
 
@@ -159,3 +160,34 @@ def test_atan_keeps_a_tiny_median_as_its_scale():
     np.testing.assert_allclose(scaler.transform(X).numpy(), 2 / np.pi * np.arctan(X.numpy() / 2e-20))
     half_zero = torch.tensor([[0.0], [0.0], [5.0]])
     assert Atan(scale=None).fit(half_zero).s.item() == 1.0
+
+
+@pytest.mark.parametrize("make", [Standardize, MinMax, lambda: MinMax((-1.0, 1.0)), Log,
+                                  lambda: Atan(None), lambda: Atan(2.0)])
+def test_a_fitted_scaler_survives_a_checkpoint(tmp_path, make):
+    """save_checkpoint(scaler=...) then load_checkpoint(scaler=fresh) gives the same map, bit for bit."""
+    X = torch.randn(50, 4, dtype=torch.float64) * 10 + 3
+    fitted = make().fit(X)
+    tl.save_checkpoint(tmp_path / "ck.pt", scaler=fitted)
+    fresh = make()
+    tl.load_checkpoint(tmp_path / "ck.pt", scaler=fresh)
+    Y = torch.randn(7, 4, dtype=torch.float32)
+    assert torch.equal(fresh.transform(Y), fitted.transform(Y))
+    assert fresh.n_features == 4
+
+
+def test_scaler_state_errors():
+    X = torch.randn(20, 3, dtype=torch.float64)
+    unfitted = Standardize().fit(X)
+    unfitted.load_state_dict(Standardize().state_dict())
+    with pytest.raises(ValueError, match="not fitted"):
+        unfitted.transform(X)
+    state = Standardize().fit(X).state_dict()
+    with pytest.raises(ValueError, match="not a MinMax state"):
+        MinMax().load_state_dict(state)
+    with pytest.raises(ValueError, match="feature_range"):
+        MinMax((-1.0, 1.0)).load_state_dict(MinMax().fit(X).state_dict())
+    with pytest.raises(ValueError, match=r"mean must be a Tensor\[3\]"):
+        Standardize().load_state_dict({**state, "mean": torch.zeros(2)})
+    with pytest.raises(ValueError, match="expected keys"):
+        Standardize().load_state_dict([1, 2])

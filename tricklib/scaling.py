@@ -31,11 +31,67 @@ from ._checks import check_finite, check_range, check_tensor
 class Scaler:
     """Base class: ``fit(X_train)`` learns per-feature statistics, ``transform(X)`` applies them.
 
-    Subclasses implement ``_fit``, ``_forward`` and ``_inverse`` on float64 tensors.
+    Subclasses implement ``_fit``, ``_forward`` and ``_inverse`` on float64 tensors and
+    name their fitted tensors in ``_stats``. :meth:`state_dict` / :meth:`load_state_dict`
+    make a fitted scaler part of a checkpoint: ``save_checkpoint(path, model=model,
+    scaler=scaler)`` stores its statistics, and ``load_checkpoint(path, scaler=Standardize())``
+    restores them, so a resumed or deployed model sees its inputs scaled exactly as in training.
     """
 
     #: number of features seen by :meth:`fit` (``None`` before fitting)
     n_features: int | None = None
+    #: names of the fitted per-feature tensors (float64, ``Tensor[F]``)
+    _stats: tuple[str, ...] = ()
+
+    def _config(self) -> dict:
+        """Constructor arguments that change the map (stored with the statistics, checked on load)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """The fitted statistics as plain tensors and numbers (for :func:`tricklib.save_checkpoint`).
+
+        An unfitted scaler gives ``{"n_features": None}``.
+        """
+        if self.n_features is None:
+            return {"n_features": None}
+        return {"n_features": self.n_features, **self._config(),
+                **{name: getattr(self, name).clone() for name in self._stats}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore statistics saved by :meth:`state_dict` (as :func:`tricklib.load_checkpoint` does).
+
+        Args:
+            state: the dict :meth:`state_dict` returned, from a scaler of the same class
+                and constructor arguments.
+
+        Raises:
+            ValueError: keys, constructor arguments or shapes that do not match this scaler.
+        """
+        if state == {"n_features": None}:  # saved before fitting
+            for name in self._stats:
+                self.__dict__.pop(name, None)
+            self.n_features = None
+            return
+        expected = {"n_features", *self._config(), *self._stats}
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"not a {type(self).__name__} state: expected keys {sorted(expected)}, got {got}")
+        for key, value in self._config().items():
+            if state[key] != value:
+                raise ValueError(f"state was saved with {key}={state[key]!r}, this scaler has {key}={value!r}")
+        n = state["n_features"]
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n_features must be a positive int, got {n!r}")
+        stats = {}
+        for name in self._stats:
+            t = state[name]
+            if not isinstance(t, torch.Tensor) or t.shape != (n,):
+                raise ValueError(f"{name} must be a Tensor[{n}], got "
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+            stats[name] = t.detach().to(torch.float64).clone()
+        for name, t in stats.items():
+            setattr(self, name, t)
+        self.n_features = n
 
     def fit(self, X: torch.Tensor) -> "Scaler":
         """Learn the statistics from the training features ``X`` (``Tensor[N, F]``, N ≥ 1); returns ``self``.
@@ -130,6 +186,11 @@ class MinMax(Scaler):
             raise ValueError(f"feature_range must satisfy low < high, got {feature_range}")
         self.feature_range = (float(a), float(b))
 
+    _stats = ("min", "range")
+
+    def _config(self) -> dict:
+        return {"feature_range": self.feature_range}
+
     def _fit(self, X: torch.Tensor) -> None:
         self.min = X.amin(dim=0)
         self.range = _nonzero(X.amax(dim=0) - self.min)
@@ -158,6 +219,8 @@ class Standardize(Scaler):
     :math:`10^{10}`. Checked against ``sklearn.preprocessing.StandardScaler``
     (which uses the same bound).
     """
+
+    _stats = ("mean", "std")
 
     def _fit(self, X: torch.Tensor) -> None:
         self.mean = X.mean(dim=0)
@@ -214,6 +277,11 @@ class Atan(Scaler):
         if scale is not None:
             check_range("scale", scale, 0.0, low_open=True)
         self.scale = scale
+
+    _stats = ("s",)
+
+    def _config(self) -> dict:
+        return {"scale": self.scale}
 
     def _fit(self, X: torch.Tensor) -> None:
         if self.scale is None:
