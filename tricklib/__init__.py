@@ -7,7 +7,7 @@ parts of the book: ``debug``, ``checkpoint``, ``scaling``, ``gradients`` (the re
 ``losses``, ``boxes``, ``averaging``; ``runtime``, ``data``,
 ``harness``, ``measure``, ``viz`` and ``knobs`` are shared by all chapters.
 """
-from .averaging import ensemble_probs
+from .averaging import ModelEMA, ensemble_probs, greedy_soup, precise_bn, uniform_soup
 from .boxes import (average_precision, batched_soft_nms, box_iou, crowded_detections, crowded_scene,
                     detection_metrics, simulate_detections, soft_nms)
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, temp_path
@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "mlp",
+    "ModelEMA", "greedy_soup", "precise_bn", "uniform_soup",
     "assert_batch_independent", "batch_leak", "dependency_matrix", "describe_batch", "expected_initial_loss",
     "first_nonfinite", "gradcheck_module", "init_final_bias", "input_independent_baseline", "out_of_range",
     "overfit_one_batch", "show_batch", "unnormalize",

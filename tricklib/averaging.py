@@ -1,7 +1,8 @@
-"""Ensembles of weights (snapshot ensembles, an optimisation chapter of the book); weight averaging will join them here."""
+"""Averages of weights and of predictions: snapshot ensembles, EMA of weights, precise BatchNorm statistics, model soups."""
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -40,3 +41,266 @@ def ensemble_probs(model: nn.Module, states: Sequence[dict[str, torch.Tensor]], 
         probs = predict(member, X).softmax(dim=-1)
         total = probs if total is None else total + probs
     return total / len(states)
+
+
+def _slots(module: nn.Module, average_buffers: bool) -> tuple[list, list]:
+    """Where each tensor of ``module`` lives, as ``(owner dict, name)`` pairs: those to average
+    (floating parameters, and floating buffers if ``average_buffers``) and those to copy.
+
+    Looking a tensor up in its owner's ``_parameters``/``_buffers`` dict finds it after
+    ``module.to(...)`` or an attribute assignment; shared tensors appear once."""
+    averaged, copied = [], []
+    for kind, named in (("_parameters", module.named_parameters()), ("_buffers", module.named_buffers())):
+        for name, tensor in named:
+            owner, _, attr = name.rpartition(".")
+            slot = (getattr(module.get_submodule(owner), kind), attr)
+            if tensor.is_floating_point() and (kind == "_parameters" or average_buffers):
+                averaged.append(slot)
+            else:
+                copied.append(slot)
+    return averaged, copied
+
+
+class ModelEMA:
+    r"""An exponential moving average of a model's weights, evaluated instead of the last weights.
+
+    .. math:: \theta_{\text{ema}} \leftarrow \beta_t\,\theta_{\text{ema}} + (1-\beta_t)\,\theta,
+        \qquad \beta_t = \min\!\Bigl(\beta, \frac{1+t}{10+t}\Bigr) \text{ with warm-up, else } \beta
+
+    after every optimiser step ``t = 0, 1, …`` (Polyak & Juditsky 1992; the warm-up is
+    TensorFlow's ``ExponentialMovingAverage(num_updates=…)``, used by timm and YOLO): early
+    on, when :math:`\theta` moves fast and the average would still remember the random
+    initialisation, :math:`\beta_t` is small; after ~1,000 steps it is :math:`\beta`. The
+    average covers roughly the last :math:`1/(1-\beta)` steps.
+
+    One ``torch._foreach_lerp_`` over all floating tensors per update (the per-tensor loop
+    over ``state_dict()`` that is often copied is several times slower; ``benchmarks/ema.py``).
+    Where each tensor lives is found once per model, so the average follows a model that is
+    moved (``.to``) or whose parameters are reassigned; after replacing a whole submodule,
+    make a new ``ModelEMA``.
+    BatchNorm's running statistics are floating *buffers*: with ``buffers="average"``
+    (default, as timm's ``ModelEmaV2``) they are averaged like the weights, so the statistics
+    come from the same window of training as the averaged weights; with ``buffers="copy"``
+    (``torch.optim.swa_utils.AveragedModel``'s default) they are the training model's
+    current ones. Neither is exact for the averaged weights — :func:`precise_bn` recomputes
+    them. Integer buffers (``num_batches_tracked``) are always copied.
+
+    Equal, update by update, to ``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(β),
+    use_buffers=…)`` after its first ``update_parameters`` (which copies the model, as this
+    constructor does) — ``tests/test_averaging.py``.
+
+    Args:
+        model: the model being trained; it is deep-copied (its own weights are untouched).
+        decay: :math:`\beta \in [0, 1)`, e.g. 0.999 (about the last 1,000 steps) or 0.9999
+            for long runs.
+        warmup: use :math:`\beta_t = \min(\beta, (1+t)/(10+t))`.
+        buffers: ``"average"`` or ``"copy"`` the floating buffers (BatchNorm statistics).
+        device: where to keep the average (e.g. ``"cpu"`` to spare GPU memory); default:
+            the model's device.
+
+    Example::
+
+        ema = ModelEMA(model, decay=0.999)
+        for x, y in loader:
+            loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
+            ema.update(model)
+        evaluate(ema.module, ...)
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True, *,
+                 buffers: str = "average", device: str | torch.device | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be a number in [0, 1), got {decay!r}")
+        if buffers not in ("average", "copy"):
+            raise ValueError(f"buffers must be 'average' or 'copy', got {buffers!r}")
+        self.decay, self.warmup, self.buffers = float(decay), bool(warmup), buffers
+        self.module = copy.deepcopy(model).eval()
+        if device is not None:
+            self.module.to(device)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+        self._own = _slots(self.module, buffers == "average")
+        self._source: tuple[weakref.ref, tuple[list, list]] | None = None
+
+    def decay_at(self, t: int) -> float:
+        r""":math:`\beta_t` used by the update after ``t`` earlier updates.
+
+        Args:
+            t: number of updates made before this one (0 for the first).
+        """
+        return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``'s current weights (call after each optimiser step).
+
+        Args:
+            model: the model being trained, of the same architecture as the one given to the
+                constructor (any device: its tensors are copied to the average's device).
+        """
+        source = self._source[1] if self._source is not None and self._source[0]() is model else None
+        if source is None:  # a new model: find its tensors once, check they match ours
+            source = _slots(model, self.buffers == "average")
+            shapes = [[d[k].shape for d, k in slots] for slots in source]
+            if shapes != [[d[k].shape for d, k in slots] for slots in self._own]:
+                raise ValueError("model does not have the architecture this ModelEMA was made from")
+            self._source = (weakref.ref(model), source)
+        (avg_slots, copy_slots), (cur_slots, src_slots) = self._own, source
+        averaged = [d[k] for d, k in avg_slots]
+        current = [d[k] for d, k in cur_slots]
+        if current and (current[0].device != averaged[0].device
+                        or any(c.dtype != a.dtype for c, a in zip(current, averaged))):
+            current = [c.to(a.device, a.dtype, non_blocking=True) for c, a in zip(current, averaged)]
+        torch._foreach_lerp_(averaged, current, 1.0 - self.decay_at(self.updates))
+        if copy_slots:
+            torch._foreach_copy_([d[k] for d, k in copy_slots], [d[k] for d, k in src_slots], non_blocking=True)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        """The averaged weights and the update count (for :func:`tricklib.save_checkpoint`)."""
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (as :func:`tricklib.load_checkpoint` does).
+
+        Args:
+            state: a dict with ``"module"`` (the average's ``state_dict``) and ``"updates"``.
+        """
+        if not isinstance(state, dict) or set(state) != {"module", "updates"}:
+            raise ValueError("not a ModelEMA state: expected the keys 'module' and 'updates'")
+        if not isinstance(state["updates"], int) or state["updates"] < 0:
+            raise ValueError(f"updates must be a non-negative int, got {state['updates']!r}")
+        self.module.load_state_dict(state["module"])
+        self.updates = state["updates"]
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches, max_batches: int | None = None) -> nn.Module:
+    r"""Recompute every BatchNorm's running statistics as a true average over ``batches``.
+
+    .. math:: \hat\mu = \frac1K\sum_{k=1}^{K}\mu_{B_k},\qquad
+        \hat\sigma^2 = \frac1K\sum_{k=1}^{K}\sigma^2_{B_k}\ \text{(unbiased per batch)}
+
+    with the weights frozen (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", §3:
+    "precise BN"). The running averages kept during training mix statistics of many
+    different weights, the older ones stale, and their exponential window (momentum 0.1)
+    is short; after weight averaging (EMA, SWA, soups) they belong to no model at all.
+    Equal to ``torch.optim.swa_utils.update_bn`` (BatchNorm's cumulative average,
+    ``momentum=None``); momentum and train/eval mode are restored afterwards.
+
+    Args:
+        model: a network with ``nn.BatchNorm1d/2d/3d`` (or ``SyncBatchNorm``) layers; the
+            running statistics are reset and recomputed in place.
+        batches: an iterable of input tensors, or of ``(inputs, ...)`` tuples/lists (a
+            ``DataLoader`` over training data), moved to the model's device.
+        max_batches: stop after this many batches (None: all of them). Wu & Johnson find
+            about 100 batches enough.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: no BatchNorm layer, or no batch.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms:
+        raise ValueError("model has no BatchNorm layer with running statistics: nothing to recompute")
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    device = next(model.parameters(), norms[0].running_mean).device
+    momenta = {m: m.momentum for m in norms}
+    was_training = model.training
+    seen = 0
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: running = mean over the batches seen
+        model.train()
+        for batch in batches:
+            if max_batches is not None and seen >= max_batches:
+                break
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            model(x.to(device))
+            seen += 1
+    finally:
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("batches is empty: no statistics to compute")
+    return model
+
+
+def _check_states(states: Sequence[dict[str, torch.Tensor]]) -> None:
+    if not states:
+        raise ValueError("states must hold at least one state_dict")
+    keys = list(states[0])
+    for i, state in enumerate(states[1:], 1):
+        if list(state) != keys:
+            raise ValueError(f"state {i} has other keys than state 0: not the same architecture")
+        for k in keys:
+            if state[k].shape != states[0][k].shape:
+                raise ValueError(f"state {i}'s {k!r} has shape {tuple(state[k].shape)}, "
+                                 f"state 0's {tuple(states[0][k].shape)}")
+
+
+def uniform_soup(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    r"""The average of several ``state_dict``\ s of one architecture: a "uniform model soup".
+
+    .. math:: \theta_{\text{soup}} = \frac1M\sum_{m=1}^{M}\theta_m
+
+    (Wortsman et al. 2022, "Model soups"). Meaningful for models fine-tuned from one
+    pre-trained start, which lie in one basin; for independently trained models the
+    average usually falls on a loss barrier. Floating tensors are averaged (in float64,
+    returned in their dtype); integer ones (``num_batches_tracked``) are taken from the first.
+
+    Args:
+        states: at least one ``state_dict`` with the same keys and shapes.
+
+    Returns:
+        A new ``state_dict`` (the inputs are not modified).
+    """
+    _check_states(states)
+    soup = {}
+    for k, first in states[0].items():
+        if first.is_floating_point():
+            soup[k] = (sum(s[k].double() for s in states) / len(states)).to(first.dtype)
+        else:
+            soup[k] = first.clone()
+    return soup
+
+
+def greedy_soup(states: Sequence[dict[str, torch.Tensor]], score) -> tuple[dict[str, torch.Tensor], list[int]]:
+    r"""Wortsman et al.'s greedy soup: add a model to the average only if held-out score does not drop.
+
+    Sort the models by their own held-out ``score`` (best first); start the soup with the
+    best; for each next model, keep it if :math:`\text{score}(\text{uniform\_soup}(S \cup
+    \{\theta_i\})) \ge \text{score}(\text{uniform\_soup}(S))` (Wortsman et al. 2022,
+    Recipe 1). The soup is never worse than the best single model on the held-out data
+    used to build it (report a separate test split).
+
+    Args:
+        states: the candidate ``state_dict``\ s (same architecture, one pre-trained start).
+        score: a function ``state_dict -> float``, higher is better, computed on held-out
+            (validation) data — e.g. load the state into a model and return its accuracy.
+            Called ``2M - 1`` times.
+
+    Returns:
+        ``(soup_state, kept)``: the averaged ``state_dict`` and the indices into ``states``
+        of the models in it, in the order they were added.
+    """
+    _check_states(states)
+    singles = [float(score(s)) for s in states]
+    order = sorted(range(len(states)), key=lambda i: -singles[i])
+    kept, best = [order[0]], singles[order[0]]
+    for i in order[1:]:
+        candidate = float(score(uniform_soup([states[j] for j in kept + [i]])))
+        if candidate >= best:
+            kept.append(i)
+            best = candidate
+    return uniform_soup([states[j] for j in kept]), kept
