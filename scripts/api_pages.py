@@ -37,6 +37,7 @@ MODULES = {
     "optim": "Optimisation: optimisers, parameter groups, flooding",
     "search": "Optimisation: hyper-parameter search",
     "precision": "Optimisation: mixed precision",
+    "layers": "Architecture: normalisation, channel shuffle, attention",
     "regularize": "Regularisation",
     "losses": "Losses for imbalance and hard examples",
     "boxes": "Detection: boxes, Soft-NMS, evaluation",

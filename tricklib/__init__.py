@@ -4,7 +4,7 @@ Every trick is plain PyTorch you can paste into your own training loop; the
 book's harness (:func:`fit`, :func:`compare`) only uses them. Modules follow the
 parts of the book: ``debug``, ``checkpoint``, ``scaling``, ``gradients`` (the recipe),
 ``schedules``, ``optim``, ``search``, ``precision`` (optimisation), ``regularize``,
-``losses``, ``boxes``, ``averaging``; ``runtime``, ``data``,
+``layers``, ``losses``, ``boxes``, ``averaging``; ``runtime``, ``data``,
 ``harness``, ``measure``, ``viz`` and ``knobs`` are shared by all chapters.
 """
 from .averaging import ModelEMA, ensemble_probs, greedy_soup, precise_bn, uniform_soup
@@ -18,6 +18,7 @@ from .data import SHAPE_CLASSES, Shapes, digits, make_imbalanced, render_shapes,
 from .gradients import GradNormRecorder, dead_fraction, layer_grad_norms, linear_baseline, majority_baseline
 from .harness import Callback, History, Snapshots, TrainState, accuracy, batches, evaluate, fit, predict
 from .knobs import Knob, knob
+from .layers import GroupNorm, attention, channel_shuffle
 from .losses import focal_loss, reduce_loss
 from .models import mlp
 from .measure import (Comparison, Paired, Sweep, calibration_bins, check_claims, compare,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "mlp",
     "ModelEMA", "greedy_soup", "precise_bn", "uniform_soup",
+    "GroupNorm", "attention", "channel_shuffle",
     "assert_batch_independent", "batch_leak", "dependency_matrix", "describe_batch", "expected_initial_loss",
     "first_nonfinite", "gradcheck_module", "init_final_bias", "input_independent_baseline", "out_of_range",
     "overfit_one_batch", "show_batch", "unnormalize",

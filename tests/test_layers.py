@@ -1,0 +1,154 @@
+"""tricklib.layers against torch: GroupNorm == nn.GroupNorm, channel_shuffle == nn.ChannelShuffle,
+attention == F.scaled_dot_product_attention (values and gradients, masks, half precision)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tricklib import GroupNorm, attention, channel_shuffle
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,groups", [((4, 6, 5, 5), 3), ((2, 8, 7), 1), ((3, 8, 4, 4), 8),
+                                          ((1, 4), 2), ((2, 6, 3, 2, 2), 2)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_groupnorm_equals_nn_groupnorm(device, shape, groups, affine):
+    torch.manual_seed(0)
+    ours = GroupNorm(groups, shape[1], affine=affine).to(device)
+    ref = nn.GroupNorm(groups, shape[1], affine=affine).to(device)
+    if affine:
+        with torch.no_grad():
+            ours.weight.normal_()
+            ours.bias.normal_()
+        ref.load_state_dict(ours.state_dict())
+    x = (torch.randn(shape, device=device) * 3 + 1).requires_grad_()
+    y, y_ref = ours(x), ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, *ours.parameters()], g)
+    grads_ref = torch.autograd.grad(y_ref, [x, *ref.parameters()], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_groupnorm_gradcheck_in_float64():
+    layer = GroupNorm(2, 4).double()
+    x = torch.randn(3, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_groupnorm_is_not_the_unbiased_one_liner():
+    x = torch.randn(2, 4, 3, 3)
+    g = x.view(2, 2, -1)
+    one_liner = ((g - g.mean(-1, keepdim=True)) / (g.var(-1, keepdim=True) + 1e-5).sqrt()).view_as(x)
+    ours = GroupNorm(2, 4, affine=False)(x)
+    assert not torch.allclose(one_liner, ours, atol=1e-3)
+    torch.testing.assert_close(ours, F.group_norm(x, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_groupnorm_half_precision(dtype):
+    x = torch.randn(2, 6, 4, 4) * 100 + 50
+    y = GroupNorm(3, 6).to(dtype)(x.to(dtype))
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), nn.GroupNorm(3, 6)(x), rtol=2e-2, atol=2e-2)
+
+
+def test_groupnorm_errors():
+    with pytest.raises(ValueError, match="divisible"):
+        GroupNorm(3, 4)
+    with pytest.raises(ValueError, match="eps"):
+        GroupNorm(2, 4, eps=0.0)
+    with pytest.raises(ValueError, match=r"\[N, 4, \*\]"):
+        GroupNorm(2, 4)(torch.randn(2, 6, 3))
+    with pytest.raises(TypeError, match="floating"):
+        GroupNorm(2, 4)(torch.ones(2, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 6, 3, 3), 3), ((2, 6, 3, 3), 2), ((1, 12, 1), 4), ((2, 8, 5), 8),
+                                          ((2, 4, 1, 2, 2), 1)])
+def test_channel_shuffle_equals_nn_channel_shuffle(shape, groups):
+    x = torch.arange(torch.Size(shape).numel()).reshape(shape)
+    assert torch.equal(channel_shuffle(x, groups), nn.ChannelShuffle(groups)(x))
+    xf = torch.randn(shape, requires_grad=True)
+    g = torch.randn(shape)
+    a = torch.autograd.grad(channel_shuffle(xf, groups), xf, g)[0]
+    b = torch.autograd.grad(nn.ChannelShuffle(groups)(xf), xf, g)[0]
+    assert torch.equal(a, b)
+
+
+def test_channel_shuffle_interleaves_and_refuses_bad_groups():
+    x = torch.arange(6).reshape(1, 6)
+    assert channel_shuffle(x, 2).tolist() == [[0, 3, 1, 4, 2, 5]]
+    with pytest.raises(ValueError, match="divisible"):
+        channel_shuffle(torch.randn(1, 6, 2), 4)
+    with pytest.raises(ValueError, match="groups"):
+        channel_shuffle(torch.randn(1, 6, 2), 0)
+
+
+def _qkv(L=5, S=7, d=8, dv=6, lead=(2, 3), dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    make = lambda *s: torch.randn(*lead, *s, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_()
+    return make(L, d), make(S, d), make(S, dv)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["none", "bool", "float", "causal", "scale", "broadcast"])
+def test_attention_equals_sdpa(device, kind):
+    q, k, v = _qkv(device=device)
+    g = torch.Generator().manual_seed(1)
+    kwargs = {}
+    if kind == "bool":
+        mask = torch.rand(5, 7, generator=g) > 0.3
+        mask[2] = False  # a query with nothing to attend to
+        kwargs["mask"] = mask.to(device)
+    elif kind == "float":
+        kwargs["mask"] = torch.randn(2, 3, 5, 7, generator=g).to(device)
+    elif kind == "causal":
+        kwargs["is_causal"] = True
+    elif kind == "scale":
+        kwargs["scale"] = 0.3
+    elif kind == "broadcast":
+        kwargs["mask"] = (torch.rand(3, 1, 7, generator=g) > 0.2).to(device)
+    ref_kwargs = {("attn_mask" if key == "mask" else key): val for key, val in kwargs.items()}
+    out = attention(q, k, v, **kwargs)
+    ref = F.scaled_dot_product_attention(q, k, v, **ref_kwargs)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, k, v), grad)
+    theirs = torch.autograd.grad(ref, (q, k, v), grad)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_masked_query_is_zero_not_nan():
+    q, k, v = _qkv(lead=())
+    mask = torch.ones(5, 7, dtype=torch.bool)
+    mask[0] = False
+    out = attention(q, k, v, mask=mask)
+    assert torch.isfinite(out).all() and torch.equal(out[0], torch.zeros(6))
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_attention_half_precision(dtype):
+    q, k, v = _qkv(dtype=dtype)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    out = attention(q, k, v)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_attention_errors():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="not both"):
+        attention(q, k, v, mask=torch.ones(5, 7, dtype=torch.bool), is_causal=True)
+    with pytest.raises(ValueError, match="do not fit"):
+        attention(q, k[..., :4], v)
+    with pytest.raises(ValueError, match="length, dim"):
+        attention(torch.randn(3), k, v)
