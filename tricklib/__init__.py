@@ -8,8 +8,8 @@ parts of the book: ``debug``, ``checkpoint``, ``scaling``, ``gradients`` (the re
 ``harness``, ``measure``, ``viz`` and ``knobs`` are shared by all chapters.
 """
 from .averaging import ModelEMA, ensemble_probs, greedy_soup, precise_bn, uniform_soup
-from .boxes import (average_precision, batched_soft_nms, box_iou, crowded_detections, crowded_scene,
-                    detection_metrics, simulate_detections, soft_nms)
+from .boxes import (average_precision, batched_soft_nms, box_iou, ciou_loss, crowded_detections, crowded_scene,
+                    detection_metrics, diou_loss, generalized_box_iou, giou_loss, simulate_detections, soft_nms)
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, temp_path
 from .debug import (assert_batch_independent, batch_leak, dependency_matrix, describe_batch, expected_initial_loss,
                     first_nonfinite, gradcheck_module, init_final_bias, input_independent_baseline, out_of_range,
@@ -47,7 +47,7 @@ __all__ = [
     "CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state", "temp_path",
     # boxes and detection
     "average_precision", "batched_soft_nms", "box_iou", "crowded_detections", "crowded_scene", "detection_metrics",
-    "simulate_detections", "soft_nms",
+    "simulate_detections", "soft_nms", "generalized_box_iou", "giou_loss", "diou_loss", "ciou_loss",
     "adam_step", "flood", "grid_points", "param_groups", "random_points", "sobol_points",
     "SHAPE_CLASSES", "Callback", "Comparison", "History", "Knob", "Paired", "Shapes", "Snapshots", "TrainState",
     "accuracy", "bars", "batches", "by_scale", "calibration_bins", "check_claims", "compare", "cosine", "digits", "draw_boxes",

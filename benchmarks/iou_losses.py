@@ -1,0 +1,65 @@
+"""Box-regression losses: tricklib's GIoU/DIoU/CIoU vs torchvision's, forward + backward.
+
+    python -m benchmarks.iou_losses [--threads 1] [--boxes 65536] [--runs 5] [--rounds 3] [--repeats 5]
+
+``--boxes`` predicted boxes against as many targets (random, about half of the pairs
+overlapping), float32; each call makes fresh leaf predictions, computes the loss with
+``reduction="sum"`` and calls ``backward()``. Times from
+``tricklib.measure.median_times_ms`` (warm medians; on one CPU thread the clock is the
+thread's CPU time), ``--runs`` times; the table gives the median and range. Measured
+figures are in ``benchmarks/README.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import torchvision
+import torchvision.ops as ops
+
+from benchmarks.soft_nms import device_name
+from tricklib.boxes import ciou_loss, diou_loss, giou_loss
+from tricklib.measure import median_times_ms
+
+
+def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
+    xy = torch.rand(n, 2, generator=generator) * 100
+    return torch.cat([xy, xy + torch.rand(n, 2, generator=generator) * 50 + 1], dim=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--boxes", type=int, default=65536)
+    parser.add_argument("--runs", type=int, default=5, help="independent measurements (default 5)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    pred, target = random_boxes(args.boxes, g), random_boxes(args.boxes, g)
+
+    def forward_backward(loss):
+        def call():
+            boxes = pred.detach().requires_grad_()
+            loss(boxes, target, reduction="sum").backward()
+        return call
+
+    pairs = {"GIoU": (giou_loss, ops.generalized_box_iou_loss), "DIoU": (diou_loss, ops.distance_box_iou_loss),
+             "CIoU": (ciou_loss, ops.complete_box_iou_loss)}
+    print(f"{device_name(torch.device('cpu'))}, {args.threads} thread(s), torch {torch.__version__}, "
+          f"torchvision {torchvision.__version__}, {args.boxes} boxes; median of {args.runs} runs (range)\n")
+    print("| loss | tricklib ms | torchvision ms | ratio |\n|---|---|---|---|")
+    for name, (ours, theirs) in pairs.items():
+        runs = [median_times_ms([forward_backward(ours), forward_backward(theirs)], rounds=args.rounds,
+                                repeats=args.repeats) for _ in range(args.runs)]
+        a, b = [r[0] for r in runs], [r[1] for r in runs]
+        ratios = [x / y for x, y in zip(a, b)]
+        print(f"| {name} | {statistics.median(a):.2f} ({min(a):.2f}–{max(a):.2f}) | "
+              f"{statistics.median(b):.2f} ({min(b):.2f}–{max(b):.2f}) | "
+              f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
+
+
+if __name__ == "__main__":
+    main()
