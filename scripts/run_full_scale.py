@@ -61,6 +61,8 @@ def cpu_name() -> str:
 def main(argv: list[str]) -> int:
     write = "--write-how-to-run" in argv
     paths = [pathlib.Path(a).resolve() for a in argv if a != "--write-how-to-run"] or toc_chapters()
+    # the kernels import this checkout's tricklib, installed or not
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     os.environ.update(TRICKLIB_SCALE="full", TRICKLIB_DEVICE="cpu", TRICKLIB_PROGRESS="0",
                       OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     rows = []
