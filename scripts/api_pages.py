@@ -41,6 +41,7 @@ MODULES = {
     "regularize": "Regularisation",
     "losses": "Losses for imbalance and hard examples",
     "boxes": "Detection: boxes, Soft-NMS, evaluation",
+    "segmentation": "Segmentation: PointRend's point sampling",
     "averaging": "Weight averaging and ensembles",
 }
 

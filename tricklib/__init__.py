@@ -4,7 +4,7 @@ Every trick is plain PyTorch you can paste into your own training loop; the
 book's harness (:func:`fit`, :func:`compare`) only uses them. Modules follow the
 parts of the book: ``debug``, ``checkpoint``, ``scaling``, ``gradients`` (the recipe),
 ``schedules``, ``optim``, ``search``, ``precision`` (optimisation), ``regularize``,
-``layers``, ``losses``, ``boxes``, ``averaging``; ``runtime``, ``data``,
+``layers``, ``losses``, ``boxes``, ``segmentation``, ``averaging``; ``runtime``, ``data``,
 ``harness``, ``measure``, ``viz`` and ``knobs`` are shared by all chapters.
 """
 from .averaging import ModelEMA, ensemble_probs, greedy_soup, precise_bn, uniform_soup
@@ -19,13 +19,14 @@ from .gradients import GradNormRecorder, dead_fraction, layer_grad_norms, linear
 from .harness import Callback, History, Snapshots, TrainState, accuracy, batches, evaluate, fit, predict
 from .knobs import Knob, knob
 from .layers import GroupNorm, attention, channel_shuffle
-from .losses import focal_loss, reduce_loss
+from .losses import focal_loss, ohem_loss, reduce_loss, topk_loss
 from .models import mlp
 from .measure import (Comparison, Paired, Sweep, calibration_bins, check_claims, compare,
                       expected_calibration_error, median_times_ms, sign_flip_p_value, sweep, verdicts)
 from .optim import adam_step, flood, param_groups
 from .regularize import label_smoothing_cross_entropy, logit_gap, optimal_logit_gap, smooth_labels
 from .runtime import by_scale, get_device, get_scale, progress, seed_everything, seeds
+from .segmentation import point_sample, uncertain_points
 from .search import grid_points, random_points, sobol_points
 from .scaling import Atan, Log, MinMax, Scaler, Standardize
 from .precision import amp_step, autocast_dtype, lost_update_fraction, overflow_fraction, underflow_fraction
@@ -39,6 +40,7 @@ __all__ = [
     "mlp",
     "ModelEMA", "greedy_soup", "precise_bn", "uniform_soup",
     "GroupNorm", "attention", "channel_shuffle",
+    "ohem_loss", "topk_loss", "point_sample", "uncertain_points",
     "assert_batch_independent", "batch_leak", "dependency_matrix", "describe_batch", "expected_initial_loss",
     "first_nonfinite", "gradcheck_module", "init_final_bias", "input_independent_baseline", "out_of_range",
     "overfit_one_batch", "show_batch", "unnormalize",

@@ -1,6 +1,8 @@
 r"""Losses for imbalance and hard examples (the loss chapters of the book)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
@@ -30,6 +32,55 @@ def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum" or loss.numel() == 0:
         return loss.sum()
     return loss.mean()
+
+
+def topk_loss(loss: torch.Tensor, k: int, reduction: str = "mean") -> torch.Tensor:
+    r"""Keep only the ``k`` largest per-example losses: the hardest examples of the batch.
+
+    .. math:: \mathcal L = \frac1k \sum_{i \in \text{top-}k(\ell)} \ell_i
+
+    Gradient flows only through the kept examples (``loss.topk(k)``). With ``k`` at least
+    the number of examples it is the plain mean. Ties are broken by ``torch.topk``.
+
+    Args:
+        loss: ``Tensor[N]`` per-example losses (``reduction="none"`` from the loss function).
+        k: how many to keep, ``k >= 1``.
+        reduction: ``"mean"`` (over the kept examples) | ``"sum"`` | ``"none"`` (the kept
+            losses, largest first).
+
+    Returns:
+        A scalar, or ``Tensor[min(k, N)]`` for ``"none"``; the mean of no examples is 0.
+    """
+    check_tensor("loss", loss, ndim=1, floating=True)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    return reduce_loss(loss.topk(min(k, loss.numel())).values, reduction)
+
+
+def ohem_loss(loss: torch.Tensor, keep_fraction: float = 0.25, reduction: str = "mean") -> torch.Tensor:
+    r"""Online hard example mining (Shrivastava et al. 2016): back-propagate the hardest ``keep_fraction``.
+
+    .. math:: \mathcal L = \frac1k \sum_{i \in \text{top-}k(\ell)} \ell_i,\qquad
+        k = \lceil \text{keep\_fraction}\cdot N \rceil
+
+    The argument says what is *kept*: the popular one-liner
+    ``index = argsort(loss)[int(num * rate):]`` keeps the top :math:`1 - \text{rate}`, so its
+    ``rate=0.7`` is ``keep_fraction=0.3`` here. The paper samples regions by loss after NMS
+    among them; this is the per-example core (:func:`topk_loss` with a fraction). Hard
+    examples include mislabelled ones: with label noise OHEM concentrates on them.
+
+    Args:
+        loss: ``Tensor[N]`` per-example losses (``reduction="none"``).
+        keep_fraction: share of examples kept, in ``(0, 1]`` (1 is the plain mean).
+        reduction: as :func:`topk_loss`.
+
+    Returns:
+        As :func:`topk_loss` (at least one example is kept when there is one).
+    """
+    check_tensor("loss", loss, ndim=1, floating=True)
+    check_range("keep_fraction", keep_fraction, 0.0, 1.0, low_open=True)
+    k = max(1, math.ceil(keep_fraction * loss.numel()))
+    return reduce_loss(loss.topk(min(k, loss.numel())).values, reduction)
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float | None = 0.25,
