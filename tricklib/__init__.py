@@ -24,7 +24,8 @@ from .models import mlp
 from .measure import (Comparison, Paired, Sweep, calibration_bins, check_claims, compare,
                       expected_calibration_error, median_times_ms, sign_flip_p_value, sweep, verdicts)
 from .optim import adam_step, flood, param_groups
-from .regularize import label_smoothing_cross_entropy, logit_gap, optimal_logit_gap, smooth_labels
+from .regularize import (cutmix, cutout, drop_block, drop_path, label_smoothing_cross_entropy, logit_gap, mixup,
+                         optimal_logit_gap, r_drop_loss, smooth_labels, soft_threshold)
 from .runtime import by_scale, get_device, get_scale, progress, seed_everything, seeds
 from .segmentation import point_sample, uncertain_points
 from .search import grid_points, random_points, sobol_points
@@ -41,6 +42,7 @@ __all__ = [
     "ModelEMA", "greedy_soup", "precise_bn", "uniform_soup",
     "GroupNorm", "attention", "channel_shuffle",
     "ohem_loss", "topk_loss", "point_sample", "uncertain_points",
+    "cutmix", "cutout", "drop_block", "drop_path", "mixup", "r_drop_loss", "soft_threshold",
     "assert_batch_independent", "batch_leak", "dependency_matrix", "describe_batch", "expected_initial_loss",
     "first_nonfinite", "gradcheck_module", "init_final_bias", "input_independent_baseline", "out_of_range",
     "overfit_one_batch", "show_batch", "unnormalize",
