@@ -152,3 +152,33 @@ def test_attention_errors():
         attention(q, k[..., :4], v)
     with pytest.raises(ValueError, match="length, dim"):
         attention(torch.randn(3), k, v)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dynamic_conv_with_one_kernel_everywhere_is_a_depthwise_conv(k, per_channel):
+    from tricklib import dynamic_conv
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64)
+    weight = torch.randn(3 if per_channel else 1, k, k, generator=g, dtype=torch.float64)
+    if per_channel:
+        kernels = weight.reshape(1, 3, k * k, 1, 1).expand(2, 3, k * k, 6, 7)
+    else:
+        kernels = weight.reshape(1, k * k, 1, 1).expand(2, k * k, 6, 7)
+    ref = F.conv2d(x, weight.expand(3, k, k).unsqueeze(1), padding=k // 2, groups=3)
+    torch.testing.assert_close(dynamic_conv(x, kernels), ref)
+
+
+def test_dynamic_conv_per_pixel_kernels_and_gradients():
+    from tricklib import dynamic_conv
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    kernels = torch.randn(1, 9, 4, 4, dtype=torch.float64, requires_grad=True)
+    out = dynamic_conv(x, kernels)
+    # pixel (1, 2) of channel 0 by hand
+    patch = x[0, 0, 0:3, 1:4].reshape(-1)
+    torch.testing.assert_close(out[0, 0, 1, 2], (patch * kernels[0, :, 1, 2]).sum())
+    assert torch.autograd.gradcheck(dynamic_conv, (x, kernels))
+    with pytest.raises(ValueError, match="k odd"):
+        dynamic_conv(x.detach(), torch.randn(1, 4, 4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="kernels must be"):
+        dynamic_conv(x.detach(), torch.randn(1, 9, 3, 4, dtype=torch.float64))

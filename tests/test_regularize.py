@@ -152,7 +152,8 @@ def test_optimal_logit_gap_needs_two_classes(num_classes):
 
 import torchvision  # noqa: E402
 
-from tricklib import cutmix, cutout, drop_block, drop_path, mixup, r_drop_loss, soft_threshold  # noqa: E402
+from tricklib import (cutmix, cutout, drop_block, drop_path, fgm, fgsm, mixup, pgd, r_drop_loss,  # noqa: E402
+                      soft_threshold)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 1.0])
@@ -294,3 +295,49 @@ def test_mixing_and_dropping_refuse_bad_input():
         cutmix(x, torch.zeros(4, dtype=torch.long), 2, alpha=0.0)
     with pytest.raises(ValueError, match="targets must be in"):
         mixup(x, torch.full((4,), 7), 2)
+
+
+def _linear_classifier():
+    torch.manual_seed(0)
+    return torch.nn.Linear(6, 3)
+
+
+def test_fgsm_is_one_signed_gradient_step_and_leaves_the_model_alone():
+    model = _linear_classifier()
+    x, y = torch.rand(10, 6), torch.randint(0, 3, (10,))
+    xr = x.clone().requires_grad_()
+    F.cross_entropy(model(xr), y).backward()
+    model.zero_grad()
+    adv = fgsm(model, x, y, 0.1)
+    torch.testing.assert_close(adv, x + 0.1 * xr.grad.sign())
+    assert all(p.grad is None for p in model.parameters())
+    assert F.cross_entropy(model(adv), y) > F.cross_entropy(model(x), y)
+    clamped = fgsm(model, x, y, 0.5, clamp=(0.0, 1.0))
+    assert clamped.min() >= 0 and clamped.max() <= 1
+
+
+def test_pgd_stays_in_the_ball_and_beats_fgsm():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
+    adv = pgd(model, x, y, 0.1, 0.025, steps=20, clamp=(0.0, 1.0), generator=g)
+    assert (adv - x).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    loss = lambda z: F.cross_entropy(model(z), y).item()
+    assert loss(adv) >= loss(fgsm(model, x, y, 0.1, clamp=(0.0, 1.0))) - 1e-6 > loss(x)
+    start = pgd(model, x, y, 0.1, 0.025, steps=1, random_start=False)
+    torch.testing.assert_close(start, torch.max(torch.min(fgsm(model, x, y, 0.025), x + 0.1), x - 0.1))
+
+
+def test_fgm_perturbs_along_the_gradient_and_restores_exactly():
+    emb = torch.nn.Embedding(10, 4)
+    tokens = torch.tensor([1, 2, 3])
+    emb(tokens).pow(2).sum().backward()
+    before = emb.weight.detach().clone()
+    g = emb.weight.grad.clone()
+    with fgm(emb, epsilon=0.5):
+        torch.testing.assert_close(emb.weight - before, 0.5 * g / g.norm())
+        emb(tokens).pow(2).sum().backward()  # the adversarial gradient accumulates
+    assert torch.equal(emb.weight, before)
+    with pytest.raises(ValueError, match="backward"):
+        with fgm(torch.nn.Embedding(3, 2)):
+            pass

@@ -18,14 +18,14 @@ from .data import SHAPE_CLASSES, Shapes, digits, make_imbalanced, render_shapes,
 from .gradients import GradNormRecorder, dead_fraction, layer_grad_norms, linear_baseline, majority_baseline
 from .harness import Callback, History, Snapshots, TrainState, accuracy, batches, evaluate, fit, predict
 from .knobs import Knob, knob
-from .layers import GroupNorm, attention, channel_shuffle
+from .layers import GroupNorm, attention, channel_shuffle, dynamic_conv
 from .losses import focal_loss, ohem_loss, reduce_loss, topk_loss
 from .models import mlp
 from .measure import (Comparison, Paired, Sweep, calibration_bins, check_claims, compare,
                       expected_calibration_error, median_times_ms, sign_flip_p_value, sweep, verdicts)
 from .optim import adam_step, flood, param_groups
-from .regularize import (cutmix, cutout, drop_block, drop_path, label_smoothing_cross_entropy, logit_gap, mixup,
-                         optimal_logit_gap, r_drop_loss, smooth_labels, soft_threshold)
+from .regularize import (cutmix, cutout, drop_block, drop_path, fgm, fgsm, label_smoothing_cross_entropy, logit_gap,
+                         mixup, optimal_logit_gap, pgd, r_drop_loss, smooth_labels, soft_threshold)
 from .runtime import by_scale, get_device, get_scale, progress, seed_everything, seeds
 from .segmentation import point_sample, uncertain_points
 from .search import grid_points, random_points, sobol_points
@@ -40,9 +40,9 @@ __version__ = "0.1.0"
 __all__ = [
     "mlp",
     "ModelEMA", "greedy_soup", "precise_bn", "uniform_soup",
-    "GroupNorm", "attention", "channel_shuffle",
+    "GroupNorm", "attention", "channel_shuffle", "dynamic_conv",
     "ohem_loss", "topk_loss", "point_sample", "uncertain_points",
-    "cutmix", "cutout", "drop_block", "drop_path", "mixup", "r_drop_loss", "soft_threshold",
+    "cutmix", "cutout", "drop_block", "drop_path", "mixup", "r_drop_loss", "soft_threshold", "fgm", "fgsm", "pgd",
     "assert_batch_independent", "batch_leak", "dependency_matrix", "describe_batch", "expected_initial_loss",
     "first_nonfinite", "gradcheck_module", "init_final_bias", "input_independent_baseline", "out_of_range",
     "overfit_one_batch", "show_batch", "unnormalize",

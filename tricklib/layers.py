@@ -2,15 +2,17 @@ r"""Layers whose one-line change alters how a network trains (the architecture c
 
 :class:`GroupNorm` (normalise over groups of channels, independent of the batch size),
 :func:`channel_shuffle` (let stacked group convolutions exchange information) and
-:func:`attention` (scaled dot-product attention), each written out in plain PyTorch and
-checked in ``tests/test_layers.py`` against ``nn.GroupNorm``, ``nn.ChannelShuffle`` and
-``F.scaled_dot_product_attention`` (values and gradients).
+:func:`attention` (scaled dot-product attention) and :func:`dynamic_conv` (a kernel per
+pixel), each written out in plain PyTorch and checked in ``tests/test_layers.py`` against
+``nn.GroupNorm``, ``nn.ChannelShuffle``, ``F.scaled_dot_product_attention`` and
+``F.conv2d`` (values and gradients).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_int, check_range, check_tensor
@@ -160,3 +162,40 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     empty = torch.isneginf(logits).all(dim=-1, keepdim=True)
     weights = logits.masked_fill(empty, 0.0).softmax(dim=-1).masked_fill(empty, 0.0)
     return weights @ v
+
+
+def dynamic_conv(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    r"""Pixel-adaptive convolution: every output pixel has its own :math:`k \times k` kernel.
+
+    .. math:: y_{n,c,i,j} = \sum_{a,b} K_{n,(a,b),i,j}\; x_{n,c,\,i+a-\lfloor k/2\rfloor,\,j+b-\lfloor k/2\rfloor}
+
+    The kernels are predicted by a small network from the input itself (kernel prediction
+    networks, Bako et al. 2017 / Mildenhall et al. 2018; pixel-adaptive convolution, Su et
+    al. 2019), so the filter can change where the image changes — a fixed convolution
+    applies one kernel everywhere. Implemented with ``F.unfold`` (the :math:`k^2`
+    neighbours of every pixel) and a weighted sum; zero padding keeps the size. With the
+    same kernel at every pixel it equals the depthwise ``F.conv2d`` (``groups=C``) —
+    ``tests/test_layers.py``.
+
+    Args:
+        x: ``Tensor[N, C, H, W]`` float.
+        kernels: ``Tensor[N, k*k, H, W]`` (one kernel per pixel, shared by the channels) or
+            ``Tensor[N, C, k*k, H, W]`` (one per pixel and channel); ``k`` odd. Often the
+            softmax over the :math:`k^2` weights of a predicted map.
+
+    Returns:
+        ``Tensor[N, C, H, W]``.
+    """
+    check_tensor("x", x, ndim=4, floating=True)
+    check_tensor("kernels", kernels, floating=True)
+    n, c, h, w = x.shape
+    if kernels.dim() == 4:
+        kernels = kernels.unsqueeze(1)
+    if kernels.dim() != 5 or kernels.shape[0] != n or kernels.shape[1] not in (1, c) or kernels.shape[3:] != (h, w):
+        raise ValueError(f"kernels must be [N, k*k, H, W] or [N, C, k*k, H, W] for x of shape {tuple(x.shape)}, "
+                         f"got {tuple(kernels.shape)}")
+    k = math.isqrt(kernels.shape[2])
+    if k * k != kernels.shape[2] or k % 2 == 0:
+        raise ValueError(f"kernels' size dimension must be k*k with k odd, got {kernels.shape[2]}")
+    patches = F.unfold(x, kernel_size=k, padding=k // 2).view(n, c, k * k, h, w)
+    return (patches * kernels).sum(dim=2)

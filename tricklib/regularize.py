@@ -1,6 +1,7 @@
 r"""Regularisation tricks (the regularisation chapters of the book)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -357,3 +358,117 @@ def soft_threshold(w: torch.Tensor, threshold: float) -> torch.Tensor:
     check_tensor("w", w, floating=True)
     check_range("threshold", threshold, 0.0)
     return w.sign() * (w.abs() - threshold).clamp(min=0)
+
+
+# --------------------------------------------------------------------------- adversarial training
+
+
+def _input_gradient(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, loss_fn) -> torch.Tensor:
+    x = x.detach().requires_grad_()
+    return torch.autograd.grad(loss_fn(model(x), targets), x)[0]
+
+
+def fgsm(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, epsilon: float,
+         loss_fn=F.cross_entropy, clamp: tuple[float, float] | None = None) -> torch.Tensor:
+    r"""Fast gradient sign method (Goodfellow et al. 2015): one step up the loss, size :math:`\epsilon` per input.
+
+    .. math:: x_{\text{adv}} = \operatorname{clip}\bigl(x + \epsilon\,\operatorname{sign}(\nabla_x \mathcal L(f(x), y))\bigr)
+
+    The worst case, to first order, within :math:`\|\delta\|_\infty \le \epsilon`. Training
+    on such inputs (adversarial training) trades clean accuracy for robustness. Only the
+    input's gradient is computed: the model's ``.grad`` are left as they were.
+
+    Args:
+        model: the classifier (its train/eval mode is used as it is).
+        x: ``Tensor[N, ...]`` float inputs.
+        targets: what ``loss_fn`` takes as targets (class indices for cross-entropy).
+        epsilon: :math:`\epsilon \ge 0`, in the units of ``x``.
+        loss_fn: ``loss_fn(logits, targets)`` → scalar.
+        clamp: ``(low, high)`` valid input range (e.g. ``(0, 1)`` for pixels), or None.
+
+    Returns:
+        The adversarial inputs, detached.
+    """
+    check_tensor("x", x, floating=True)
+    check_range("epsilon", epsilon, 0.0)
+    x_adv = x.detach() + epsilon * _input_gradient(model, x, targets, loss_fn).sign()
+    return x_adv.clamp(*clamp) if clamp is not None else x_adv
+
+
+def pgd(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, epsilon: float, step_size: float,
+        steps: int = 10, loss_fn=F.cross_entropy, clamp: tuple[float, float] | None = None,
+        random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Projected gradient descent attack (Madry et al. 2018): ``steps`` FGSM steps, projected back into the ball.
+
+    .. math:: x^{t+1} = \Pi_{\|x' - x\|_\infty \le \epsilon}\bigl(x^t + \eta\,\operatorname{sign}(\nabla_x \mathcal L(f(x^t), y))\bigr)
+
+    from a uniform random start in the ball. Stronger than one FGSM step; Madry et al.
+    train on it ("the min-max formulation").
+
+    Args:
+        model: the classifier.
+        x: ``Tensor[N, ...]`` float inputs.
+        targets: targets for ``loss_fn``.
+        epsilon: radius :math:`\epsilon \ge 0` of the :math:`L_\infty` ball.
+        step_size: :math:`\eta > 0` (often :math:`2.5\,\epsilon/\text{steps}`).
+        steps: number of steps, ``>= 1``.
+        loss_fn: ``loss_fn(logits, targets)`` → scalar.
+        clamp: ``(low, high)`` valid input range, or None.
+        random_start: start at a uniform point of the ball (else at ``x``).
+        generator: a ``torch.Generator`` (on ``x``'s device) for the start.
+
+    Returns:
+        The adversarial inputs, detached, within :math:`\epsilon` of ``x`` and inside ``clamp``.
+    """
+    check_tensor("x", x, floating=True)
+    check_range("epsilon", epsilon, 0.0)
+    check_range("step_size", step_size, 0.0, low_open=True)
+    steps = check_int("steps", steps, 1)
+    x = x.detach()
+    x_adv = x.clone()
+    if random_start:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = x_adv + (2 * noise - 1) * epsilon
+    for _ in range(steps):
+        if clamp is not None:
+            x_adv = x_adv.clamp(*clamp)
+        x_adv = x_adv + step_size * _input_gradient(model, x_adv, targets, loss_fn).sign()
+        x_adv = torch.max(torch.min(x_adv, x + epsilon), x - epsilon)
+    return x_adv.clamp(*clamp) if clamp is not None else x_adv
+
+
+@contextlib.contextmanager
+def fgm(embedding: torch.nn.Module, epsilon: float = 1.0):
+    r"""Fast gradient method on embeddings (Miyato et al. 2017), the form used for text classifiers.
+
+    .. math:: r = \epsilon\,\frac{g}{\|g\|_2},\qquad g = \nabla_E \mathcal L
+
+    Inside the ``with`` block the embedding matrix is :math:`E + r`; on leaving, the exact
+    original weights are restored. Use after the clean ``loss.backward()`` (which provides
+    :math:`g`) and back-propagate the adversarial loss inside, so the step uses both
+    gradients::
+
+        loss_fn(model(x), y).backward()
+        with fgm(model.embedding, epsilon=1.0):
+            loss_fn(model(x), y).backward()
+        opt.step(); opt.zero_grad()
+
+    Args:
+        embedding: the module whose ``weight`` is perturbed (an ``nn.Embedding``), with a
+            gradient from a backward pass.
+        epsilon: :math:`\epsilon \ge 0`, the perturbation's L2 norm.
+    """
+    check_range("epsilon", epsilon, 0.0)
+    weight = getattr(embedding, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.grad is None:
+        raise ValueError("fgm needs a module with a weight that has a gradient: call loss.backward() first")
+    backup = weight.detach().clone()
+    norm = weight.grad.norm()
+    with torch.no_grad():
+        if norm > 0 and torch.isfinite(norm):
+            weight.add_(epsilon * weight.grad / norm)
+    try:
+        yield embedding
+    finally:
+        with torch.no_grad():
+            weight.copy_(backup)
