@@ -160,11 +160,11 @@ class ModelEMA:
         self.updates += 1
 
     def state_dict(self) -> dict:
-        """The averaged weights and the update count (for :func:`tricklib.save_checkpoint`)."""
+        """The averaged weights and the update count (for :func:`~tricklib.checkpoint.save_checkpoint`)."""
         return {"module": self.module.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned (as :func:`tricklib.load_checkpoint` does).
+        """Restore what :meth:`state_dict` returned (as :func:`~tricklib.checkpoint.load_checkpoint` does).
 
         Args:
             state: a dict with ``"module"`` (the average's ``state_dict``) and ``"updates"``.

@@ -48,7 +48,7 @@ class Scaler:
         return {}
 
     def state_dict(self) -> dict:
-        """The fitted statistics as plain tensors and numbers (for :func:`tricklib.save_checkpoint`).
+        """The fitted statistics as plain tensors and numbers (for :func:`~tricklib.checkpoint.save_checkpoint`).
 
         An unfitted scaler gives ``{"n_features": None}``.
         """
@@ -58,7 +58,7 @@ class Scaler:
                 **{name: getattr(self, name).clone() for name in self._stats}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore statistics saved by :meth:`state_dict` (as :func:`tricklib.load_checkpoint` does).
+        """Restore statistics saved by :meth:`state_dict` (as :func:`~tricklib.checkpoint.load_checkpoint` does).
 
         Args:
             state: the dict :meth:`state_dict` returned, from a scaler of the same class
