@@ -20,13 +20,13 @@ Measured figures are in ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 import torchvision
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from benchmarks import parse, timing_parser
 from benchmarks.soft_nms import device_name
 from tricklib import ModelEMA
 from tricklib.measure import median_times_ms
@@ -35,14 +35,9 @@ DECAY = 0.999
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser = timing_parser(__doc__)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--runs", type=int, default=5, help="independent measurements (default 5)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(parser)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).to(device)

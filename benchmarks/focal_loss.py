@@ -24,7 +24,6 @@ Measured figures are in ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 import torchvision
 
 import tricklib.losses as losses_module
+from benchmarks import parse, timing_parser
 from benchmarks.soft_nms import device_name
 from tricklib.losses import focal_loss
 from tricklib.measure import median_times_ms
@@ -49,16 +49,11 @@ def without_numba(function):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser = timing_parser(__doc__)
     parser.add_argument("--rows", type=int, default=65536)
     parser.add_argument("--classes", type=int, default=80)
     parser.add_argument("--positives", type=float, default=0.01, help="share of targets equal to 1")
-    parser.add_argument("--runs", type=int, default=5, help="independent measurements (default 5)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(parser)
     g = torch.Generator().manual_seed(0)
     logits = 2 * torch.randn(args.rows, args.classes, generator=g) - 4
     targets = (torch.rand(args.rows, args.classes, generator=g) < args.positives).float()

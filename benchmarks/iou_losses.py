@@ -11,13 +11,13 @@ figures are in ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 import torchvision
 import torchvision.ops as ops
 
+from benchmarks import parse, timing_parser
 from benchmarks.soft_nms import device_name
 from tricklib.boxes import ciou_loss, diou_loss, giou_loss
 from tricklib.measure import median_times_ms
@@ -29,14 +29,9 @@ def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser = timing_parser(__doc__)
     parser.add_argument("--boxes", type=int, default=65536)
-    parser.add_argument("--runs", type=int, default=5, help="independent measurements (default 5)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(parser)
     g = torch.Generator().manual_seed(0)
     pred, target = random_boxes(args.boxes, g), random_boxes(args.boxes, g)
 

@@ -103,8 +103,9 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Ten
     return iou - (enclosing - union) / enclosing
 
 
-def _loss_inputs(boxes1: object, boxes2: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check a box-regression loss's inputs; half precision is computed in float32."""
+def _loss_inputs(boxes1: object, boxes2: object) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+    """Check a box-regression loss's inputs: the boxes to compute with (half precision in
+    float32) and the dtype to return the loss in."""
     check_tensor("boxes1", boxes1, last_dim=4, floating=True)
     check_tensor("boxes2", boxes2, last_dim=4, floating=True)
     check_same_device(boxes1=boxes1, boxes2=boxes2)
@@ -113,9 +114,9 @@ def _loss_inputs(boxes1: object, boxes2: object) -> tuple[torch.Tensor, torch.Te
                          f"got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
     check_finite("boxes1", boxes1)
     check_finite("boxes2", boxes2)
-    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
-    dtype = torch.float32 if dtype.itemsize < 4 else dtype
-    return boxes1.to(dtype), boxes2.to(dtype)
+    out = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    compute = torch.float32 if out.itemsize < 4 else out
+    return boxes1.to(compute), boxes2.to(compute), out
 
 
 def _iou_parts(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float):
@@ -156,9 +157,7 @@ def giou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none
         computed in float32). Equal to ``torchvision.ops.generalized_box_iou_loss``, values
         and gradients (``tests/test_boxes.py``).
     """
-    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype) if isinstance(boxes1, torch.Tensor) and \
-        isinstance(boxes2, torch.Tensor) else None
-    boxes1, boxes2 = _loss_inputs(boxes1, boxes2)
+    boxes1, boxes2, dtype = _loss_inputs(boxes1, boxes2)
     iou, union, (x1, y1, x2, y2), (x1g, y1g, x2g, y2g) = _iou_parts(boxes1, boxes2, eps)
     enclosing = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))
     loss = 1 - iou + (enclosing - union) / (enclosing + eps)
@@ -191,9 +190,7 @@ def diou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none
     Returns:
         As :func:`giou_loss`. Equal to ``torchvision.ops.distance_box_iou_loss``.
     """
-    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype) if isinstance(boxes1, torch.Tensor) and \
-        isinstance(boxes2, torch.Tensor) else None
-    boxes1, boxes2 = _loss_inputs(boxes1, boxes2)
+    boxes1, boxes2, dtype = _loss_inputs(boxes1, boxes2)
     return _reduced(_diou(boxes1, boxes2, eps)[0], reduction, dtype)
 
 
@@ -218,9 +215,7 @@ def ciou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none
     Returns:
         As :func:`giou_loss`. Equal to ``torchvision.ops.complete_box_iou_loss``.
     """
-    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype) if isinstance(boxes1, torch.Tensor) and \
-        isinstance(boxes2, torch.Tensor) else None
-    boxes1, boxes2 = _loss_inputs(boxes1, boxes2)
+    boxes1, boxes2, dtype = _loss_inputs(boxes1, boxes2)
     diou, iou = _diou(boxes1, boxes2, eps)
 
     def angle(boxes: torch.Tensor) -> torch.Tensor:
