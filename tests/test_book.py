@@ -229,6 +229,39 @@ def test_page_reads_offline(built, reader, toc_page):
     assert not state["broken"], f"images that did not load: {state['broken'][:5]}"
 
 
+# What a 1280-px reader sees of a chapter's layout: figures shrunk below 60% of their drawn
+# width (their text then falls under ~9 px), and blocks wider than their box (a scroll bar
+# hides the end of a line). Hidden knob frames are skipped: every frame has the visible one's size.
+LAYOUT = """() => {
+  const main = document.querySelector('main') || document.body;
+  const visible = e => getComputedStyle(e).display !== 'none' && e.getClientRects().length > 0;
+  const small = [...main.querySelectorAll('img')].filter(i => visible(i) && i.naturalWidth > 0)
+    .map(i => ({src: (i.getAttribute('alt') || i.getAttribute('src') || '').slice(0, 50),
+                natural: i.naturalWidth, shown: Math.round(i.getBoundingClientRect().width)}))
+    .filter(i => i.shown < 0.6 * i.natural);
+  const wide = [...main.querySelectorAll('pre, div.highlight, div.cell_output, div.output, table')]
+    .filter(e => visible(e) && e.scrollWidth > e.clientWidth + 1)
+    .map(e => ({tag: e.tagName.toLowerCase() + (e.className ? '.' + e.className.split(' ')[0] : ''),
+                text: e.textContent.trim().slice(0, 50), scroll: e.scrollWidth, box: e.clientWidth}));
+  return {small, wide};
+}"""
+
+
+def test_chapter_figures_are_drawn_for_the_column(built, reader, toc_chapter):
+    """Every figure is shown at >= 60% of its natural width (the book style draws for ~690 px)."""
+    html_of(built, toc_chapter)
+    layout = reader.open(f"{toc_chapter}.html").evaluate(LAYOUT)
+    assert not layout["small"], ("figures shrunk below 60% of their width (text under ~9 px; draw them at most "
+                                 f"~7 inches wide with tricklib.use_book_style()): {layout['small'][:6]}")
+
+
+def test_nothing_on_a_chapter_page_scrolls_sideways(built, reader, toc_chapter):
+    """No code, diff, output or table is wider than its box."""
+    html_of(built, toc_chapter)
+    layout = reader.open(f"{toc_chapter}.html").evaluate(LAYOUT)
+    assert not layout["wide"], f"blocks wider than the column (they scroll sideways): {layout['wide'][:6]}"
+
+
 def test_search_works_offline(built, reader):
     page = reader.open("search.html?q=tricklib")
     page.wait_for_selector("#search-results ul.search li", timeout=15_000)
