@@ -59,6 +59,12 @@ def cpu_name() -> str:
 
 
 def main(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return 0
+    unknown = [a for a in argv if a.startswith("-") and a != "--write-how-to-run"]
+    if unknown:
+        raise SystemExit(f"unknown option(s) {unknown}; see --help")
     write = "--write-how-to-run" in argv
     paths = [pathlib.Path(a).resolve() for a in argv if a != "--write-how-to-run"] or toc_chapters()
     # the kernels import this checkout's tricklib, installed or not
