@@ -3,7 +3,7 @@
     python -m benchmarks.soft_nms [--threads 1] [--device cpu|cuda] [--rounds 5] [--repeats 20]
                                   [--sizes 500 2000 10000] [--per-object 20] [--classes 20]
 
-Scenes: ``tricklib.boxes.crowded_detections`` (``--per-object`` proposals per object,
+Scenes: ``tricklib.scenes.crowded_detections`` (``--per-object`` proposals per object,
 0.2 false positives per object) at constant crowd density (25 objects per 512 x 512
 pixels: the image grows with the number of boxes). Rows ``linear`` and ``gaussian`` time
 ``soft_nms`` against ``torchvision.ops.nms`` (IoU threshold 0.3); row ``batched`` times
@@ -16,7 +16,7 @@ each function runs ``--repeats`` times back to back, in ``--rounds`` rounds that
 clock is the calling thread's CPU time (waiting for a core on a shared machine does not
 count), otherwise wall-clock time, with CUDA synchronised. "keep = ref" says whether
 tricklib kept the same boxes, in the same order, as the sequential loop of
-``tests/test_boxes.py`` (scores to rtol 1e-5) or, for ``batched``, as that loop class by
+``tests/test_nms.py`` (scores to rtol 1e-5) or, for ``batched``, as that loop class by
 class; "pure torch" is tricklib without numba (one call).
 Measured figures are in ``benchmarks/README.md``.
 """
@@ -29,19 +29,20 @@ import time
 import torch
 import torchvision
 
-import tricklib.boxes as boxes_module
-from tests.test_boxes import soft_nms_reference
-from tricklib.boxes import batched_soft_nms, crowded_detections, soft_nms
+import tricklib.nms as nms_module
+from tests.test_nms import soft_nms_reference
 from tricklib.measure import median_times_ms
+from tricklib.nms import batched_soft_nms, soft_nms
+from tricklib.scenes import crowded_detections
 
 
 def without_numba(function):
     """``function()`` with tricklib's compiled kernel switched off."""
-    saved, boxes_module.numba = boxes_module.numba, None
+    saved, nms_module.numba = nms_module.numba, None
     try:
         return function()
     finally:
-        boxes_module.numba = saved
+        nms_module.numba = saved
 
 
 def device_name(device: torch.device) -> str:
@@ -67,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    compiled = boxes_module.numba is not None and device.type == "cpu"
+    compiled = nms_module.numba is not None and device.type == "cpu"
     clock = time.thread_time if device.type == "cpu" and args.threads == 1 else time.perf_counter
     print(f"{device_name(device)} ({device}), {args.threads} thread(s), torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, numba kernel: {'yes' if compiled else 'no'}, "

@@ -40,7 +40,10 @@ MODULES = {
     "layers": "Architecture: normalisation, channel shuffle, attention",
     "regularize": "Regularisation",
     "losses": "Losses for imbalance and hard examples",
-    "boxes": "Detection: boxes, Soft-NMS, evaluation",
+    "boxes": "Detection: boxes, IoU and the GIoU/DIoU/CIoU losses",
+    "nms": "Detection: Soft-NMS",
+    "detection_eval": "Detection: COCO-style average precision",
+    "scenes": "Detection: synthetic crowded scenes",
     "segmentation": "Segmentation: PointRend's point sampling",
     "averaging": "Weight averaging and ensembles",
 }

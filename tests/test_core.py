@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import tricklib
-import tricklib.boxes
+import tricklib.detection_eval
+import tricklib.scenes
 from tricklib import (Snapshots, accuracy, by_scale, compare, digits, ensemble_probs, evaluate,
                       expected_calibration_error, fit, get_device, make_imbalanced, predict, render_shapes,
                       seed_everything, shapes, split, toy_2d)
@@ -374,9 +375,9 @@ def test_numpy_integers_count_as_counts():
     assert tricklib.linear_scaling(0.1, np.int64(512)) == pytest.approx(0.2)
     assert len(tricklib.random_points({"lr": (0.0, 1.0)}, np.int64(3), generator=np.int64(0))) == 3
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-    ap = tricklib.boxes.detection_metrics([gt], [torch.ones(1)], [gt], max_detections=np.int64(100))["ap"]
+    ap = tricklib.detection_eval.detection_metrics([gt], [torch.ones(1)], [gt], max_detections=np.int64(100))["ap"]
     assert ap.item() == pytest.approx(1.0)
-    assert len(tricklib.boxes.crowded_scene(np.int64(4), group_size=np.int32(2))) == 4
+    assert len(tricklib.scenes.crowded_scene(np.int64(4), group_size=np.int32(2))) == 4
     for bad in (2.0, True, np.bool_(True), "3"):
         with pytest.raises(TypeError, match="epochs"):
             fit(nn.Linear(2, 2), (X, y), epochs=bad, device="cpu")

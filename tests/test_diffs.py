@@ -5,7 +5,7 @@ rebuild the code *after* the change (context lines and ``+`` lines, ``-`` lines 
 and execute it in a small context that stands for the reader's training script: tensors,
 a model, an optimiser, a loader (``CONTEXT`` below, with a few names per chapter in
 ``CHAPTER_CONTEXT``). A name the diff uses that exists nowhere (``tricklib.soft_nms`` when it
-was only in ``tricklib.boxes``, ``MEAN`` never defined) fails the test.
+was only in ``tricklib.nms``, ``MEAN`` never defined) fails the test.
 """
 from __future__ import annotations
 
@@ -104,6 +104,12 @@ snapshots = [copy.deepcopy(model.state_dict()) for _ in range(2)]
     "focal_loss": '''
 logits = torch.randn(32, 5)
 y = (torch.rand(32, 5) < 0.1).float()
+''',
+    "swa": '''
+model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, C))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 10)
+swa_start, swa_lr = 1, 0.05
 ''',
     "soft_nms": '''
 xy = torch.rand(20, 2) * 50

@@ -182,3 +182,94 @@ def test_dynamic_conv_per_pixel_kernels_and_gradients():
         dynamic_conv(x.detach(), torch.randn(1, 4, 4, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="kernels must be"):
         dynamic_conv(x.detach(), torch.randn(1, 9, 3, 4, dtype=torch.float64))
+
+
+# ---- Residual and residual_mlp (the residual chapter) -------------------------------------
+
+def _branch(width: int = 6) -> nn.Module:
+    return nn.Sequential(nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, width))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_residual_equals_x_plus_block(seed):
+    from tricklib import Residual
+    torch.manual_seed(seed)
+    block = _branch().double()
+    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    out = Residual(block)(x)
+    ref = x + block(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, *block.parameters()], g)
+    grads_ref = torch.autograd.grad(ref, [x, *block.parameters()], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda t: Residual(block)(t), (x,))
+
+
+def test_residual_with_a_zero_branch_is_the_identity_and_passes_the_gradient():
+    from tricklib import Residual
+    block = _branch()
+    nn.init.zeros_(block[2].weight)
+    nn.init.zeros_(block[2].bias)
+    x = torch.randn(4, 6, requires_grad=True)
+    out = Residual(block)(x)
+    assert torch.equal(out, x)
+    g = torch.randn_like(out)
+    (grad_x,) = torch.autograd.grad(out, x, g)
+    assert torch.equal(grad_x, g)  # the identity Jacobian: the upstream gradient arrives unchanged
+    out = Residual(block)(x)
+    out.sum().backward()  # the zero layer still gets a gradient, so it can learn
+    assert block[2].weight.grad.abs().sum() > 0
+
+
+def test_residual_with_a_projection_shortcut_and_bad_input():
+    from tricklib import Residual
+    conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+    shortcut = nn.Conv2d(3, 8, 1, stride=2)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(Residual(conv, shortcut)(x), conv(x) + shortcut(x))
+    with pytest.raises(ValueError, match="same shape"):
+        Residual(conv)(x)
+    with pytest.raises(TypeError, match="block"):
+        Residual(lambda t: t)
+    with pytest.raises(TypeError, match="shortcut"):
+        Residual(conv, shortcut="identity")
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("norm", [False, True])
+def test_residual_mlp_matches_a_hand_written_forward(residual, norm):
+    from tricklib import residual_mlp
+    torch.manual_seed(0)
+    model = residual_mlp(5, 6, 3, 4, residual=residual, norm=norm).double()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(linears) == 5 and len(norms) == (4 if norm else 0)
+
+    def unit(i, h):  # BN -> ReLU -> Linear, written out with the functional ops (training-mode BN)
+        if norm:
+            h = F.batch_norm(h, None, None, norms[i].weight, norms[i].bias, training=True)
+        return F.linear(F.relu(h), linears[i + 1].weight, linears[i + 1].bias)
+
+    h = F.linear(x, linears[0].weight, linears[0].bias)
+    for i in range(3):
+        h = h + unit(i, h) if residual else unit(i, h)
+    torch.testing.assert_close(model(x), unit(3, h))
+
+
+def test_plain_and_residual_mlp_start_from_the_same_weights():
+    from tricklib import residual_mlp
+    torch.manual_seed(3)
+    plain = residual_mlp(64, 16, 4, 10, residual=False)
+    torch.manual_seed(3)
+    res = residual_mlp(64, 16, 4, 10)
+    a, b = plain.state_dict(), res.state_dict()
+    assert [k.replace(".block", "") for k in b] == list(a)
+    assert all(torch.equal(u, v) for u, v in zip(a.values(), b.values()))
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in res.parameters())
+    with pytest.raises(ValueError, match="depth"):
+        residual_mlp(64, 16, 0, 10)
+    with pytest.raises(TypeError, match="width"):
+        residual_mlp(64, 16.0, 2, 10)

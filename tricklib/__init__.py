@@ -4,29 +4,32 @@ Every trick is plain PyTorch you can paste into your own training loop; the
 book's harness (:func:`fit`, :func:`compare`) only uses them. Modules follow the
 parts of the book: ``debug``, ``checkpoint``, ``scaling``, ``gradients`` (the recipe),
 ``schedules``, ``optim``, ``search``, ``precision`` (optimisation), ``regularize``,
-``layers``, ``losses``, ``boxes``, ``segmentation``, ``averaging``; ``runtime``, ``data``,
-``harness``, ``measure``, ``viz`` and ``knobs`` are shared by all chapters.
+``layers``, ``losses``, ``boxes``, ``nms``, ``detection_eval``, ``scenes`` (detection),
+``segmentation``, ``averaging``; ``runtime``, ``data``, ``harness``, ``measure``, ``viz``
+and ``knobs`` are shared by all chapters.
 """
-from .averaging import ModelEMA, ensemble_probs, greedy_soup, precise_bn, uniform_soup
-from .boxes import (average_precision, batched_soft_nms, box_iou, ciou_loss, crowded_detections, crowded_scene,
-                    detection_metrics, diou_loss, generalized_box_iou, giou_loss, simulate_detections, soft_nms)
+from .averaging import SWA, ModelEMA, ensemble_probs, greedy_soup, interpolate, precise_bn, uniform_soup
+from .boxes import box_iou, ciou_loss, diou_loss, generalized_box_iou, giou_loss
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, temp_path
 from .debug import (assert_batch_independent, batch_leak, dependency_matrix, describe_batch, expected_initial_loss,
                     first_nonfinite, gradcheck_module, init_final_bias, input_independent_baseline, out_of_range,
                     overfit_one_batch, show_batch, unnormalize)
+from .detection_eval import average_precision, detection_metrics
 from .data import SHAPE_CLASSES, Shapes, digits, make_imbalanced, render_shapes, shapes, split, toy_2d
 from .gradients import GradNormRecorder, dead_fraction, layer_grad_norms, linear_baseline, majority_baseline
 from .harness import Callback, History, Snapshots, TrainState, accuracy, batches, evaluate, fit, predict
 from .knobs import Knob, knob
-from .layers import GroupNorm, attention, channel_shuffle, dynamic_conv
+from .layers import GroupNorm, Residual, attention, channel_shuffle, dynamic_conv
 from .losses import focal_loss, ohem_loss, reduce_loss, topk_loss
-from .models import mlp
+from .models import mlp, residual_mlp
 from .measure import (Comparison, Paired, Sweep, calibration_bins, check_claims, compare,
                       expected_calibration_error, median_times_ms, sign_flip_p_value, sweep, verdicts)
+from .nms import batched_soft_nms, soft_nms
 from .optim import adam_step, flood, param_groups
 from .regularize import (cutmix, cutout, drop_block, drop_path, fgm, fgsm, label_smoothing_cross_entropy, logit_gap,
                          mixup, optimal_logit_gap, pgd, r_drop_loss, smooth_labels, soft_threshold)
 from .runtime import by_scale, get_device, get_scale, progress, seed_everything, seeds
+from .scenes import crowded_detections, crowded_scene, simulate_detections
 from .segmentation import point_sample, uncertain_points
 from .search import grid_points, random_points, sobol_points
 from .scaling import Atan, Log, MinMax, Scaler, Standardize
@@ -38,9 +41,9 @@ from .viz import (bars, draw_boxes, paired_diffs, payoff, plot_curves, plot_sche
 __version__ = "0.1.0"
 
 __all__ = [
-    "mlp",
-    "ModelEMA", "greedy_soup", "precise_bn", "uniform_soup",
-    "GroupNorm", "attention", "channel_shuffle", "dynamic_conv",
+    "mlp", "residual_mlp",
+    "ModelEMA", "SWA", "greedy_soup", "interpolate", "precise_bn", "uniform_soup",
+    "GroupNorm", "Residual", "attention", "channel_shuffle", "dynamic_conv",
     "ohem_loss", "topk_loss", "point_sample", "uncertain_points",
     "cutmix", "cutout", "drop_block", "drop_path", "mixup", "r_drop_loss", "soft_threshold", "fgm", "fgsm", "pgd",
     "assert_batch_independent", "batch_leak", "dependency_matrix", "describe_batch", "expected_initial_loss",

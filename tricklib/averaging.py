@@ -1,4 +1,4 @@
-"""Averages of weights and of predictions: snapshot ensembles, EMA of weights, precise BatchNorm statistics, model soups."""
+"""Averages of weights and of predictions: snapshot ensembles, EMA of weights, SWA, precise BatchNorm statistics, model soups."""
 from __future__ import annotations
 
 import copy
@@ -61,7 +61,75 @@ def _slots(module: nn.Module, average_buffers: bool) -> tuple[list, list]:
     return averaged, copied
 
 
-class ModelEMA:
+class _WeightAverage:
+    """What :class:`ModelEMA` and :class:`SWA` share: a frozen copy of the model (:attr:`module`),
+    where each of its tensors lives, and one ``foreach`` step of the averaged tensors towards a
+    model's (the other tensors are copied). Subclasses set :attr:`_count`, the name of their
+    update counter, and call :meth:`_step` with the weight of the new snapshot."""
+
+    _count = "updates"
+
+    def __init__(self, model: nn.Module, buffers: str, device: str | torch.device | None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if buffers not in ("average", "copy"):
+            raise ValueError(f"buffers must be 'average' or 'copy', got {buffers!r}")
+        self.buffers = buffers
+        self.module = copy.deepcopy(model).eval()
+        if device is not None:
+            self.module.to(device)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        setattr(self, self._count, 0)
+        self._own = _slots(self.module, buffers == "average")
+        self._source: tuple[weakref.ref, tuple[list, list]] | None = None
+
+    @torch.no_grad()
+    def _step(self, model: nn.Module, weight: float) -> None:
+        r""":math:`\bar\theta \leftarrow \bar\theta + w\,(\theta - \bar\theta)` for the averaged tensors
+        (a copy when :math:`w = 1`), a copy for the others; then count the update."""
+        source = self._source[1] if self._source is not None and self._source[0]() is model else None
+        if source is None:  # a new model: find its tensors once, check they match ours
+            source = _slots(model, self.buffers == "average")
+            shapes = [[d[k].shape for d, k in slots] for slots in source]
+            if shapes != [[d[k].shape for d, k in slots] for slots in self._own]:
+                raise ValueError(f"model does not have the architecture this {type(self).__name__} was made from")
+            self._source = (weakref.ref(model), source)
+        (avg_slots, copy_slots), (cur_slots, src_slots) = self._own, source
+        averaged = [d[k] for d, k in avg_slots]
+        current = [d[k] for d, k in cur_slots]
+        if current and (current[0].device != averaged[0].device
+                        or any(c.dtype != a.dtype for c, a in zip(current, averaged))):
+            current = [c.to(a.device, a.dtype, non_blocking=True) for c, a in zip(current, averaged)]
+        if weight == 1.0:
+            torch._foreach_copy_(averaged, current)
+        elif averaged:
+            torch._foreach_lerp_(averaged, current, weight)
+        if copy_slots:
+            torch._foreach_copy_([d[k] for d, k in copy_slots], [d[k] for d, k in src_slots], non_blocking=True)
+        setattr(self, self._count, getattr(self, self._count) + 1)
+
+    def state_dict(self) -> dict:
+        """The averaged weights and the update count (for :func:`~tricklib.checkpoint.save_checkpoint`)."""
+        return {"module": self.module.state_dict(), self._count: getattr(self, self._count)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (as :func:`~tricklib.checkpoint.load_checkpoint` does).
+
+        Args:
+            state: a dict with ``"module"`` (the average's ``state_dict``) and the update count.
+        """
+        name, count = type(self).__name__, self._count
+        if not isinstance(state, dict) or set(state) != {"module", count}:
+            raise ValueError(f"not a {name} state: expected the keys 'module' and {count!r}")
+        n = state[count]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{count} must be a non-negative int, got {n!r}")
+        self.module.load_state_dict(state["module"])
+        setattr(self, count, n)
+
+
+class ModelEMA(_WeightAverage):
     r"""An exponential moving average of a model's weights, evaluated instead of the last weights.
 
     .. math:: \theta_{\text{ema}} \leftarrow \beta_t\,\theta_{\text{ema}} + (1-\beta_t)\,\theta,
@@ -109,21 +177,10 @@ class ModelEMA:
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True, *,
                  buffers: str = "average", device: str | torch.device | None = None):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be a number in [0, 1), got {decay!r}")
-        if buffers not in ("average", "copy"):
-            raise ValueError(f"buffers must be 'average' or 'copy', got {buffers!r}")
-        self.decay, self.warmup, self.buffers = float(decay), bool(warmup), buffers
-        self.module = copy.deepcopy(model).eval()
-        if device is not None:
-            self.module.to(device)
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.updates = 0
-        self._own = _slots(self.module, buffers == "average")
-        self._source: tuple[weakref.ref, tuple[list, list]] | None = None
+        self.decay, self.warmup = float(decay), bool(warmup)
+        super().__init__(model, buffers, device)
 
     def decay_at(self, t: int) -> float:
         r""":math:`\beta_t` used by the update after ``t`` earlier updates.
@@ -141,40 +198,77 @@ class ModelEMA:
             model: the model being trained, of the same architecture as the one given to the
                 constructor (any device: its tensors are copied to the average's device).
         """
-        source = self._source[1] if self._source is not None and self._source[0]() is model else None
-        if source is None:  # a new model: find its tensors once, check they match ours
-            source = _slots(model, self.buffers == "average")
-            shapes = [[d[k].shape for d, k in slots] for slots in source]
-            if shapes != [[d[k].shape for d, k in slots] for slots in self._own]:
-                raise ValueError("model does not have the architecture this ModelEMA was made from")
-            self._source = (weakref.ref(model), source)
-        (avg_slots, copy_slots), (cur_slots, src_slots) = self._own, source
-        averaged = [d[k] for d, k in avg_slots]
-        current = [d[k] for d, k in cur_slots]
-        if current and (current[0].device != averaged[0].device
-                        or any(c.dtype != a.dtype for c, a in zip(current, averaged))):
-            current = [c.to(a.device, a.dtype, non_blocking=True) for c, a in zip(current, averaged)]
-        torch._foreach_lerp_(averaged, current, 1.0 - self.decay_at(self.updates))
-        if copy_slots:
-            torch._foreach_copy_([d[k] for d, k in copy_slots], [d[k] for d, k in src_slots], non_blocking=True)
-        self.updates += 1
+        self._step(model, 1.0 - self.decay_at(self.updates))
 
-    def state_dict(self) -> dict:
-        """The averaged weights and the update count (for :func:`~tricklib.checkpoint.save_checkpoint`)."""
-        return {"module": self.module.state_dict(), "updates": self.updates}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned (as :func:`~tricklib.checkpoint.load_checkpoint` does).
+class SWA(_WeightAverage):
+    r"""Stochastic weight averaging: the equal-weight mean of weight snapshots along a run.
+
+    .. math:: \bar\theta_{n} = \frac1n\sum_{i=1}^{n}\theta_i, \qquad
+        \bar\theta_{n+1} = \bar\theta_n + \frac{\theta_{n+1} - \bar\theta_n}{n+1}
+
+    (Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima and Better
+    Generalization"): train as usual, then for the last part of the run (about 25%) keep a
+    constant or cyclic learning rate and call :meth:`update` at the end of every epoch (or
+    cycle, or step); evaluate the average. The running mean needs one extra copy of the
+    weights, whatever the number of snapshots. Afterwards the BatchNorm statistics must be
+    recomputed for the averaged weights with :func:`precise_bn` (``update_bn``): no snapshot's
+    running statistics belong to them.
+
+    BatchNorm's running statistics are floating *buffers*: with ``buffers="average"``
+    (default, as :class:`ModelEMA`) they are averaged like the weights
+    (``AveragedModel(use_buffers=True)``); with ``buffers="copy"`` they are the last
+    snapshot's (``AveragedModel``'s default, ``use_buffers=False``). Average is the better
+    stale guess: the mean of a layer's output is linear in its weights, so for the first
+    BatchNorm the averaged running mean is the averaged weights' mean, while the last
+    snapshot's belongs to other weights; the variances are wrong either way (that of
+    averaged weights is smaller than the mean of the snapshots'), hence :func:`precise_bn`.
+    Integer buffers (``num_batches_tracked``) are always copied.
+
+    Equal, update by update, to ``torch.optim.swa_utils.AveragedModel(model,
+    use_buffers=…)`` with its default ``avg_fn`` (one ``torch._foreach_lerp_`` with weight
+    :math:`1/(n+1)`, as ``AveragedModel`` on CUDA; on the CPU it agrees to rounding) —
+    ``tests/test_averaging.py``. As in ``AveragedModel``, the first :meth:`update` copies the
+    model: before it, :attr:`module` is the model as it was at construction.
+
+    Args:
+        model: the model being trained; it is deep-copied (its own weights are untouched).
+        buffers: ``"average"`` or ``"copy"`` the floating buffers (BatchNorm statistics).
+        device: where to keep the average (e.g. ``"cpu"`` to spare GPU memory); default:
+            the model's device.
+
+    Attributes:
+        module: the averaged network (eval mode, no gradients).
+        n_averaged: the number of snapshots in the average.
+
+    Example::
+
+        swa = SWA(model)
+        for epoch in range(epochs):
+            train_one_epoch(model, optimizer, scheduler)  # constant lr once epoch >= swa_start
+            if epoch >= swa_start:
+                swa.update(model)
+        precise_bn(swa.module, train_loader)
+        evaluate(swa.module, ...)
+    """
+
+    _count = "n_averaged"
+
+    def __init__(self, model: nn.Module, *, buffers: str = "average",
+                 device: str | torch.device | None = None):
+        super().__init__(model, buffers, device)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        r"""Add ``model``'s current weights to the average: :math:`\bar\theta \leftarrow
+        \bar\theta + (\theta - \bar\theta)/(n+1)`, then :math:`n \leftarrow n + 1`.
 
         Args:
-            state: a dict with ``"module"`` (the average's ``state_dict``) and ``"updates"``.
+            model: the model being trained, of the same architecture as the one given to the
+                constructor (any device: its tensors are copied to the average's device).
         """
-        if not isinstance(state, dict) or set(state) != {"module", "updates"}:
-            raise ValueError("not a ModelEMA state: expected the keys 'module' and 'updates'")
-        if not isinstance(state["updates"], int) or state["updates"] < 0:
-            raise ValueError(f"updates must be a non-negative int, got {state['updates']!r}")
-        self.module.load_state_dict(state["module"])
-        self.updates = state["updates"]
+        # the first snapshot is copied (weight 1), as AveragedModel does
+        self._step(model, 1.0 / (self.n_averaged + 1))
 
 
 @torch.no_grad()
@@ -304,3 +398,47 @@ def greedy_soup(states: Sequence[dict[str, torch.Tensor]], score) -> tuple[dict[
             kept.append(i)
             best = candidate
     return uniform_soup([states[j] for j in kept]), kept
+
+
+def interpolate(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
+                t: float) -> dict[str, torch.Tensor]:
+    r"""The point a fraction ``t`` of the way along the straight line from ``state_a`` to ``state_b``.
+
+    .. math:: \theta(t) = (1-t)\,\theta_A + t\,\theta_B
+
+    Evaluating a model at :math:`\theta(t)` for :math:`t \in [0, 1]` traces the loss along the
+    line between two solutions: flat or lower in the middle when they lie in one basin
+    ("linearly mode connected", Frankle et al. 2020, "Linear Mode Connectivity and the
+    Lottery Ticket Hypothesis"), with a barrier between them when they do not — usually the
+    case for networks trained from different random initialisations. ``t = 0.5`` is the
+    uniform soup of the two (:func:`uniform_soup`); ``t`` between a pre-trained and a
+    fine-tuned model is WiSE-FT (Wortsman et al. 2022, "Robust fine-tuning of zero-shot
+    models"). ``t`` outside ``[0, 1]`` extrapolates.
+
+    Floating tensors are combined in float64 and returned in their dtype; integer ones
+    (``num_batches_tracked``) are copied from ``state_a``. BatchNorm running statistics are
+    interpolated like the weights, which is *not* the statistics of the interpolated
+    network: recompute them with :func:`precise_bn` before evaluating a model with BatchNorm.
+    Checked against ``torch.lerp`` and :func:`uniform_soup` in ``tests/test_averaging.py``.
+
+    Args:
+        state_a: the ``state_dict`` at ``t = 0``.
+        state_b: a ``state_dict`` with the same keys and shapes, at ``t = 1``.
+        t: a finite real number.
+
+    Returns:
+        A new ``state_dict`` (the inputs are not modified).
+    """
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"t must be a real number, got {type(t).__name__}")
+    t = float(t)
+    if not torch.isfinite(torch.tensor(t)):
+        raise ValueError(f"t must be finite, got {t}")
+    _check_states([state_a, state_b])
+    out = {}
+    for k, a in state_a.items():
+        if a.is_floating_point():
+            out[k] = ((1.0 - t) * a.double() + t * state_b[k].double()).to(a.dtype)
+        else:
+            out[k] = a.clone()
+    return out

@@ -199,3 +199,50 @@ def dynamic_conv(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"kernels' size dimension must be k*k with k odd, got {kernels.shape[2]}")
     patches = F.unfold(x, kernel_size=k, padding=k // 2).view(n, c, k * k, h, w)
     return (patches * kernels).sum(dim=2)
+
+
+class Residual(nn.Module):
+    r"""A residual connection (He et al. 2016): the block learns :math:`F`, the output is :math:`F(x) + x`.
+
+    .. math:: H(x) = F(x) + S(x), \qquad S = \text{identity unless a shortcut is given}
+
+    Wrap any block whose output has the shape of its input: ``Residual(block)(x) ==
+    x + block(x)``. Through a stack of residual blocks the gradient reaching block
+    :math:`l` is :math:`\frac{\partial L}{\partial x_l} = \frac{\partial L}{\partial x_L}
+    \prod_{k \ge l} \bigl(I + \frac{\partial F_k}{\partial x_k}\bigr)`: the identity term
+    carries it to every block however deep the stack, where a plain stack multiplies
+    :math:`\prod_k \frac{\partial F_k}{\partial x_k}` and lets it vanish or explode with
+    depth. With a branch that outputs 0 the block is exactly the identity (the basis of
+    zero-γ initialisation). Where the shape changes (more channels, a stride), pass a
+    ``shortcut`` — a 1×1 convolution or a ``Linear``, the paper's projection shortcut
+    (option B). Equal to ``x + block(x)`` written out, and a zero branch is the identity
+    (values and gradients) — ``tests/test_layers.py``.
+
+    Args:
+        block: the residual branch :math:`F`, an ``nn.Module`` (e.g. BatchNorm → ReLU →
+            Linear, or two 3×3 convolutions).
+        shortcut: :math:`S`, an ``nn.Module`` applied to ``x`` on the skip path (default:
+            the identity, no parameters).
+    """
+
+    def __init__(self, block: nn.Module, shortcut: nn.Module | None = None):
+        super().__init__()
+        if not isinstance(block, nn.Module):
+            raise TypeError(f"block must be an nn.Module, got {type(block).__name__}")
+        if shortcut is not None and not isinstance(shortcut, nn.Module):
+            raise TypeError(f"shortcut must be an nn.Module or None, got {type(shortcut).__name__}")
+        self.block = block
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``block(x) + x`` (or ``block(x) + shortcut(x)``); raise if the two shapes differ.
+
+        Args:
+            x: the block's input, any shape ``block`` accepts.
+        """
+        out = self.block(x)
+        skip = x if self.shortcut is None else self.shortcut(x)
+        if out.shape != skip.shape:
+            raise ValueError(f"the block's output {tuple(out.shape)} and the shortcut's {tuple(skip.shape)} must have "
+                             f"the same shape: give a shortcut that changes the shape (e.g. a 1x1 conv or a Linear)")
+        return out + skip

@@ -14,7 +14,7 @@ try:
 except ImportError:  # optional accelerator; without it focal_loss runs in torch ops everywhere
     numba = None
 else:
-    from .boxes import _exp_negative  # Soft-NMS's vectorisable exp (0 below -708, 1 ulp of libm's)
+    from ._soft_nms_kernel import _exp_negative  # Soft-NMS's vectorisable exp (0 below -708, 1 ulp of libm's)
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -98,7 +98,7 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float | None 
     The loss and its gradients are computed together, elementwise, with a hand-written
     backward (``torch.autograd.Function``: no graph of intermediate tensors). On the CPU
     with ``numba`` installed that is one compiled pass over the elements, in float64, that
-    vectorises (:math:`e^{-|z|}` by the table-and-polynomial ``exp`` of :mod:`tricklib.boxes`,
+    vectorises (:math:`e^{-|z|}` by the table-and-polynomial ``exp`` of :mod:`tricklib.nms`,
     :math:`\log(1+e^{-|z|})` by a series, :math:`p` and :math:`1-p` both from
     :math:`e^{-|z|}` without cancellation): 0.5x to 1.3x the time of
     ``binary_cross_entropy_with_logits`` and a fifth to a quarter of torchvision's on one
@@ -236,7 +236,8 @@ def _focal_compiled(z, y, alpha, gamma):
 
 if numba is not None:
     # Not cached on disk (compiled at the first call, about 2 s per dtype): numba's cache only
-    # notices changes to the file of the cached function, and _exp_negative lives in boxes.py.
+    # notices changes to the file of the cached function, and _exp_negative lives in
+    # _soft_nms_kernel.py (Soft-NMS's compiled kernel).
 
     @numba.njit(inline="always")
     def _log1p_unit(e):

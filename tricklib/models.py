@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ._checks import check_int
+from .layers import Residual
 
 
 def mlp(*sizes: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -29,3 +30,41 @@ def mlp(*sizes: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
             layers.append(activation())
         layers.append(nn.Linear(n_in, n_out))
     return nn.Sequential(*layers)
+
+
+def residual_mlp(in_features: int, width: int, depth: int, num_classes: int, *, residual: bool = True,
+                 norm: bool = True) -> nn.Sequential:
+    r"""A deep MLP of ``depth`` blocks, with a residual connection around each block or without (the plain net).
+
+    ``Linear(in_features, width)`` (the stem) → ``depth`` blocks → BatchNorm → ReLU →
+    ``Linear(width, num_classes)`` (logits). Each block is the pre-activation unit of He
+    et al. 2016 ("Identity mappings in deep residual networks"),
+    :math:`F(x) = W\,\operatorname{ReLU}(\operatorname{BN}(x)) + b`; with ``residual=True`` it
+    is wrapped in :class:`~tricklib.layers.Residual`, :math:`x_{l+1} = x_l + F(x_l)`, and
+    with ``residual=False`` the same layers are stacked, :math:`x_{l+1} = F(x_l)` — the
+    "plain" (VGG-style) counterpart of the paper. Both build their layers in the same
+    order with PyTorch's default initialisation, so under the same seed the two nets
+    start from *identical* weights (the state-dict keys differ only by the wrapper's
+    ``.block``): a paired comparison whose only difference is the ``+ x``. Checked
+    against a hand-written forward pass in ``tests/test_layers.py``.
+
+    Args:
+        in_features: input features (64 for the 8×8 digits).
+        width: features of every hidden layer (the residual stream).
+        depth: number of blocks (one ``Linear`` each), at least 1.
+        num_classes: number of logits.
+        residual: add the identity shortcut around every block.
+        norm: put a ``BatchNorm1d`` at the start of each block and before the head
+            (``False``: ReLU → Linear blocks, no normalisation).
+
+    Returns:
+        ``nn.Sequential(stem, *blocks, head)``; ``model[1:-1]`` are the blocks.
+    """
+    in_features, width = check_int("in_features", in_features, 1), check_int("width", width, 1)
+    depth, num_classes = check_int("depth", depth, 1), check_int("num_classes", num_classes, 1)
+
+    def unit(n_out: int) -> nn.Sequential:
+        return nn.Sequential(*([nn.BatchNorm1d(width)] if norm else []), nn.ReLU(), nn.Linear(width, n_out))
+
+    blocks = [Residual(unit(width)) if residual else unit(width) for _ in range(depth)]
+    return nn.Sequential(nn.Linear(in_features, width), *blocks, unit(num_classes))
