@@ -111,6 +111,24 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 10)
 swa_start, swa_lr = 1, 0.05
 ''',
+    "model_soups": '''
+pretrained, grid = copy.deepcopy(model.state_dict()), [0.05, 0.1, 0.2]
+
+
+def fine_tune(state, lr):
+    net = Net()
+    net.load_state_dict(state)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(lr * torch.randn_like(p))
+    return net.state_dict()
+
+
+def validation_accuracy(state):
+    net = Net()
+    net.load_state_dict(state)
+    return tricklib.evaluate(net, val)["acc"]
+''',
     "soft_nms": '''
 xy = torch.rand(20, 2) * 50
 boxes = torch.cat([xy, xy + 10 + torch.rand(20, 2) * 20], dim=1)
