@@ -265,6 +265,11 @@ def test_verdicts_table():
     assert table.iloc[0]["95% interval"] == f"{clear.ci[0]:+.3f}\u00a0…\u00a0{clear.ci[1]:+.3f}"
     assert table.iloc[1]["verdict"] == "no clear difference (too few seeds)"
     assert tricklib.verdicts([Paired("acc", "a", "b", [0.1])]).iloc[0]["95% interval"] == "—"
+    # a difference that rounds to zero has no sign
+    zero = tricklib.verdicts([Paired("acc", "a", "b", [0.0] * 6), Paired("acc", "a", "b", [-1e-5, 1e-5] * 3)])
+    assert list(zero["mean difference"]) == ["0.000", "0.000"]
+    assert zero.iloc[0]["95% interval"] == "0.000\u00a0…\u00a00.000"
+    assert "0.000 (95% CI 0.000 … 0.000" in Paired("acc", "a", "b", [0.0] * 6).verdict()
     with pytest.raises(TypeError, match="Paired"):
         tricklib.verdicts([0.1])
 

@@ -206,12 +206,12 @@ class Paired:
             bad = sum(not math.isfinite(d) for d in self.diffs)
             return f"{what}: undefined (not finite on {bad} of {self.n} seeds)"
         if self.n < 2:
-            return f"{what}: {self.word}, {self.mean:+.{digits}f} (1 seed: no interval)"
+            return f"{what}: {self.word}, {_signed(self.mean, digits)} (1 seed: no interval)"
         lo, hi = self.ci
         few = f"; too few to call any difference clear (need ≥ {MIN_SEEDS_FOR_CLEAR})" \
             if self.n < MIN_SEEDS_FOR_CLEAR else ""
-        return (f"{what}: {self.word}, {self.mean:+.{digits}f} "
-                f"(95% CI {lo:+.{digits}f} … {hi:+.{digits}f}, {self.n} seeds{few})")
+        return (f"{what}: {self.word}, {_signed(self.mean, digits)} "
+                f"(95% CI {_signed(lo, digits)} … {_signed(hi, digits)}, {self.n} seeds{few})")
 
 
 @dataclass
@@ -301,6 +301,13 @@ class Comparison:
         return Paired(metric, baseline, trick, tuple(b - a for a, b in zip(base, new)), better)
 
 
+def _signed(value: float, digits: int) -> str:
+    """``value`` with its sign and ``digits`` decimals; a value that rounds to zero has no sign
+    (``"0.000"``, not ``"-0.000"`` or ``"+0.000"``)."""
+    text = f"{value:+.{digits}f}"
+    return text[1:] if float(text) == 0 else text
+
+
 def verdicts(pairs: Iterable[Paired], digits: int = 3) -> pd.DataFrame:
     """A table of paired comparisons, one row each (indexed by "trick − baseline"): metric, mean
     difference, 95% interval, seeds and the verdict in words.
@@ -319,8 +326,9 @@ def verdicts(pairs: Iterable[Paired], digits: int = 3) -> pd.DataFrame:
         verdict = p.word if p.n >= MIN_SEEDS_FOR_CLEAR or not p.finite else f"{p.word} (too few seeds)"
         index.append(f"{p.trick} − {p.baseline}")
         # no-break spaces keep an interval on one line in an HTML table
-        rows.append({"metric": p.metric, "mean difference": f"{p.mean:+.{digits}f}",
-                     "95% interval": "—" if math.isnan(lo) else f"{lo:+.{digits}f}\u00a0…\u00a0{hi:+.{digits}f}",
+        rows.append({"metric": p.metric, "mean difference": _signed(p.mean, digits),
+                     "95% interval": "—" if math.isnan(lo) else
+                     f"{_signed(lo, digits)}\u00a0…\u00a0{_signed(hi, digits)}",
                      "seeds": p.n, "verdict": verdict})
     return pd.DataFrame(rows, index=index, columns=["metric", "mean difference", "95% interval", "seeds", "verdict"])
 
