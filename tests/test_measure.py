@@ -270,6 +270,10 @@ def test_verdicts_table():
     assert list(zero["mean difference"]) == ["0.000", "0.000"]
     assert zero.iloc[0]["95% interval"] == "0.000\u00a0…\u00a00.000"
     assert "0.000 (95% CI 0.000 … 0.000" in Paired("acc", "a", "b", [0.0] * 6).verdict()
+    # the table-cell summary: signed mean and verdict, zero without a sign, not finite as "undefined"
+    assert clear.summary() == f"{clear.mean:+.3f} (clearly better)"
+    assert Paired("acc", "a", "b", [-1e-5, 1e-5] * 3).summary() == "0.000 (no clear difference)"
+    assert Paired("acc", "a", "b", [0.1, float("nan")]).summary() == "undefined"
     with pytest.raises(TypeError, match="Paired"):
         tricklib.verdicts([0.1])
 

@@ -195,6 +195,17 @@ class Paired:
             return "clearly higher" if up else "clearly lower"
         return "clearly better" if up == (self.better == "higher") else "clearly worse"
 
+    def summary(self, digits: int = 3) -> str:
+        """The mean difference and the verdict in words, for a table cell: ``+0.021 (clearly better)``.
+
+        A mean that rounds to zero is shown without a sign (``0.000``); a difference that is not
+        finite on some seed reads ``undefined``.
+
+        Args:
+            digits: decimals shown for the mean difference.
+        """
+        return "undefined" if not self.finite else f"{_signed(self.mean, digits)} ({self.word})"
+
     def verdict(self, digits: int = 3) -> str:
         """One sentence, e.g. ``val_acc, smoothing − baseline: clearly higher, +0.021 (95% CI +0.012 … +0.030, 6 seeds)``.
 
