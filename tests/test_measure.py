@@ -270,6 +270,13 @@ def test_verdicts_table():
     assert list(zero["mean difference"]) == ["0.000", "0.000"]
     assert zero.iloc[0]["95% interval"] == "0.000\u00a0…\u00a00.000"
     assert "0.000 (95% CI 0.000 … 0.000" in Paired("acc", "a", "b", [0.0] * 6).verdict()
+    # an interval off zero that the sign-flip test does not back is not clear, and the table says why
+    five_of_six = Paired("acc", "a", "b", [0.01, 0.012, 0.011, 0.009, 0.013, -0.001])
+    assert five_of_six.ci[0] > 0 and five_of_six.p_value > 0.05 and five_of_six.interval_only
+    assert tricklib.verdicts([five_of_six]).iloc[0]["verdict"] == \
+        f"no clear difference (sign test p\u00a0=\u00a0{five_of_six.p_value:.2f})"
+    assert f"p = {five_of_six.p_value:.2f}" in five_of_six.verdict()
+    assert not clear.interval_only and not few.interval_only
     # the table-cell summary: signed mean and verdict, zero without a sign, not finite as "undefined"
     assert clear.summary() == f"{clear.mean:+.3f} (clearly better)"
     assert Paired("acc", "a", "b", [-1e-5, 1e-5] * 3).summary() == "0.000 (no clear difference)"

@@ -102,7 +102,9 @@ class Paired:
     The first bounds the false-positive rate: when the trick does nothing, at most 5% of
     comparisons are called clear, whatever the (symmetric) distribution of the differences.
     It needs at least 6 seeds (:data:`MIN_SEEDS_FOR_CLEAR`); with fewer, no difference is
-    called clear. The second keeps the words and the printed interval in agreement.
+    called clear. The second keeps the words and the printed interval in agreement: a clear
+    difference always has an interval off zero. The converse need not hold (with six seeds the
+    sign-flip test needs about all six to agree); :attr:`interval_only` flags that case and the tables say so.
     ``tests/test_core.py`` simulates null comparisons and checks both properties.
 
     Attributes:
@@ -184,6 +186,16 @@ class Paired:
         return bool(-margin < lo and hi < margin)
 
     @property
+    def interval_only(self) -> bool:
+        """True when the 95% interval excludes zero but the sign-flip test does not reject "no effect"
+        (e.g. five of six seeds agree): not clear, and the tables say why, so that an interval off
+        zero beside "no clear difference" does not read as a contradiction."""
+        if not self.finite or self.n < MIN_SEEDS_FOR_CLEAR:
+            return False
+        lo, hi = self.ci
+        return (lo > 0 or hi < 0) and self.p_value > ALPHA
+
+    @property
     def word(self) -> str:
         """The verdict in words, one of "clearly higher/lower" (or "better/worse"), "no clear difference", "undefined"."""
         if not self.finite:
@@ -221,6 +233,8 @@ class Paired:
         lo, hi = self.ci
         few = f"; too few to call any difference clear (need ≥ {MIN_SEEDS_FOR_CLEAR})" \
             if self.n < MIN_SEEDS_FOR_CLEAR else ""
+        if self.interval_only:
+            few = f"; the sign-flip test does not reject no effect, p = {self.p_value:.2f}"
         return (f"{what}: {self.word}, {_signed(self.mean, digits)} "
                 f"(95% CI {_signed(lo, digits)} … {_signed(hi, digits)}, {self.n} seeds{few})")
 
@@ -335,6 +349,8 @@ def verdicts(pairs: Iterable[Paired], digits: int = 3) -> pd.DataFrame:
             raise TypeError(f"verdicts takes Paired objects (Comparison.paired(...)), got {type(p).__name__}")
         lo, hi = p.ci
         verdict = p.word if p.n >= MIN_SEEDS_FOR_CLEAR or not p.finite else f"{p.word} (too few seeds)"
+        if p.interval_only:
+            verdict = f"{p.word} (sign test p = {p.p_value:.2f})"
         index.append(f"{p.trick} − {p.baseline}")
         # no-break spaces keep an interval on one line in an HTML table
         rows.append({"metric": p.metric, "mean difference": _signed(p.mean, digits),
