@@ -58,11 +58,20 @@ dtype = tricklib.autocast_dtype(device)
 
 # What a chapter's diff names beyond CONTEXT (its own variables, defined as the chapter does).
 CHAPTER_CONTEXT = {
+    "attention": '''
+q, k, v = torch.randn(2, 4, 5, 64), torch.randn(2, 4, 7, 64), torch.randn(2, 4, 7, 16)
+''',
     "backprop_dependencies": '''
 x = torch.randn(8, 5, 3)
 model = nn.Sequential(nn.Flatten(), nn.Linear(15, 4))
 my_layer = nn.LayerNorm(3).double()
 mu, var, eps = x.mean(-1, keepdim=True), x.var(-1, keepdim=True), 1e-5
+''',
+    "channel_shuffle": '''
+g = 4
+x = torch.randn(2, 16, 5, 5)
+group_conv1 = nn.Conv2d(16, 16, 3, padding=1, groups=g)
+group_conv2 = nn.Conv2d(16, 16, 3, padding=1, groups=g)
 ''',
     "look_before_the_net": '''
 MEAN, STD = [0.5], [0.25]

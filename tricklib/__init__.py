@@ -11,17 +11,17 @@ and ``knobs`` are shared by all chapters.
 from .averaging import SWA, ModelEMA, ensemble_probs, greedy_soup, interpolate, precise_bn, uniform_soup
 from .boxes import box_iou, ciou_loss, diou_loss, generalized_box_iou, giou_loss
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, temp_path
-from .debug import (assert_batch_independent, batch_leak, dependency_matrix, describe_batch, expected_initial_loss,
-                    first_nonfinite, gradcheck_module, init_final_bias, input_independent_baseline, out_of_range,
-                    overfit_one_batch, show_batch, unnormalize)
+from .debug import (assert_batch_independent, batch_leak, channel_dependency_matrix, dependency_matrix,
+                    describe_batch, expected_initial_loss, first_nonfinite, gradcheck_module, init_final_bias,
+                    input_independent_baseline, out_of_range, overfit_one_batch, show_batch, unnormalize)
 from .detection_eval import average_precision, detection_metrics
 from .data import SHAPE_CLASSES, Shapes, digits, make_imbalanced, render_shapes, shapes, split, toy_2d
 from .gradients import GradNormRecorder, dead_fraction, layer_grad_norms, linear_baseline, majority_baseline
 from .harness import Callback, History, Snapshots, TrainState, accuracy, batches, evaluate, fit, predict
 from .knobs import Knob, knob
-from .layers import GroupNorm, Residual, attention, channel_shuffle, dynamic_conv
+from .layers import GroupNorm, Residual, attention, channel_shuffle, dynamic_conv, zero_init_residual
 from .losses import focal_loss, ohem_loss, reduce_loss, topk_loss
-from .models import mlp, residual_mlp
+from .models import mlp, postact_residual_mlp, residual_mlp
 from .measure import (Comparison, Paired, Sweep, calibration_bins, check_claims, compare,
                       expected_calibration_error, median_times_ms, sign_flip_p_value, sweep, verdicts)
 from .nms import batched_soft_nms, soft_nms
@@ -41,12 +41,13 @@ from .viz import (bars, draw_boxes, paired_diffs, payoff, plot_curves, plot_sche
 __version__ = "0.1.0"
 
 __all__ = [
-    "mlp", "residual_mlp",
+    "mlp", "residual_mlp", "postact_residual_mlp", "zero_init_residual",
     "ModelEMA", "SWA", "greedy_soup", "interpolate", "precise_bn", "uniform_soup",
     "GroupNorm", "Residual", "attention", "channel_shuffle", "dynamic_conv",
     "ohem_loss", "topk_loss", "point_sample", "uncertain_points",
     "cutmix", "cutout", "drop_block", "drop_path", "mixup", "r_drop_loss", "soft_threshold", "fgm", "fgsm", "pgd",
-    "assert_batch_independent", "batch_leak", "dependency_matrix", "describe_batch", "expected_initial_loss",
+    "assert_batch_independent", "batch_leak", "channel_dependency_matrix", "dependency_matrix", "describe_batch",
+    "expected_initial_loss",
     "first_nonfinite", "gradcheck_module", "init_final_bias", "input_independent_baseline", "out_of_range",
     "overfit_one_batch", "show_batch", "unnormalize",
     "GradNormRecorder", "dead_fraction", "layer_grad_norms", "linear_baseline", "majority_baseline",

@@ -9,8 +9,8 @@ plain function you can call from your own code or unit tests:
 - *look at exactly what enters the net*: :func:`unnormalize`,
   :func:`describe_batch`, :func:`out_of_range`, :func:`show_batch`;
 - *backprop as a dependency tracer*: :func:`dependency_matrix`,
-  :func:`batch_leak`, :func:`assert_batch_independent`; and for custom layers
-  :func:`gradcheck_module` and :func:`first_nonfinite`.
+  :func:`channel_dependency_matrix`, :func:`batch_leak`, :func:`assert_batch_independent`; and for
+  custom layers :func:`gradcheck_module` and :func:`first_nonfinite`.
 
 Tested in ``tests/test_debug.py``.
 """
@@ -470,6 +470,64 @@ def dependency_matrix(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
             grads = torch.stack([torch.autograd.grad(out, x, g, retain_graph=True, allow_unused=True,
                                                      materialize_grads=True)[0] for g in grad_outputs])
     return grads.flatten(2).norm(dim=2).detach()
+
+
+def channel_dependency_matrix(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
+                              direction: torch.Tensor | None = None, vectorize: bool = True) -> torch.Tensor:
+    r"""Which input channels each output channel depends on, traced by backprop.
+
+    .. math:: D_{oi} = \Bigl\lVert \frac{\partial\, \langle v_{:,o}, f(x)_{:,o} \rangle}{\partial x_{:,i}}
+              \Bigr\rVert_2, \qquad o = 1..C_\text{out},\; i = 1..C_\text{in}
+
+    The channel counterpart of :func:`dependency_matrix`: the norm is taken over the batch
+    and every spatial position of input channel *i*. :math:`D_{oi} = 0` when output
+    channel *o* has no gradient path from input channel *i*. A stack of group
+    convolutions (``groups=G``) gives a block-diagonal :math:`D` — groups never mix — and
+    ShuffleNet's channel shuffle between them (Zhang et al. 2018) fills it in. ``v`` is a
+    fixed random direction rather than all ones, so that contributions cannot cancel
+    in a sum. One forward pass and :math:`C_\text{out}` backward passes, batched
+    (``is_grads_batched``) or, with ``vectorize=False``, in a loop. The model is run in
+    its current train/eval mode; its buffers (running statistics) are restored. The tests
+    compare it with the full Jacobian from ``torch.autograd.functional.jacobian``
+    (``tests/test_channel_shuffle.py``).
+
+    Args:
+        model: maps ``Tensor[N, C_in, *]`` to ``Tensor[N', C_out, *']`` (channels second).
+        x: the input ``Tensor[N, C_in, *]`` (floating point).
+        direction: ``v``, broadcastable to the output ``f(x)``; default a fixed
+            standard-normal draw (seed 0) of the output's shape.
+        vectorize: batch the backward passes (default) or loop over them.
+
+    Returns:
+        ``Tensor[C_out, C_in]`` (float32 or the dtype of ``x``), row *o* = output channel,
+        column *i* = input channel.
+    """
+    check_tensor("x", x, floating=True)
+    if x.dim() < 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"x must have shape [N, C, *] with N, C >= 1, got {tuple(x.shape)}")
+    x = x.detach().requires_grad_()
+    with _buffers_restored(model), torch.enable_grad():
+        out = model(x)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"model must return a tensor, got {type(out).__name__}")
+        if out.dim() < 2:
+            raise ValueError(f"model output must have shape [N, C, *], got {tuple(out.shape)}")
+        if direction is None:
+            direction = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        check_tensor("direction", direction, floating=True)
+        v = direction.to(out).expand(out.shape)
+        C = out.shape[1]
+        # grad_outputs[o] = v on output channel o and 0 elsewhere: backward pass o gives d<v, f(x)_o>/dx
+        selector = torch.eye(C, dtype=out.dtype, device=out.device).view(C, 1, C, *[1] * (out.dim() - 2))
+        grad_outputs = selector * v
+        if vectorize:
+            (grads,) = torch.autograd.grad(out, x, grad_outputs, is_grads_batched=True, allow_unused=True,
+                                           materialize_grads=True)
+        else:
+            grads = torch.stack([torch.autograd.grad(out, x, g, retain_graph=True, allow_unused=True,
+                                                     materialize_grads=True)[0] for g in grad_outputs])
+    # grads: [C_out, N, C_in, *] -> norm over the batch and the positions of each input channel
+    return grads.transpose(1, 2).flatten(2).norm(dim=2).detach()
 
 
 def batch_leak(matrix: torch.Tensor) -> float:

@@ -102,7 +102,8 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
         groups: :math:`G \ge 1`.
 
     Returns:
-        ``Tensor[N, C, *]``, a new tensor.
+        ``Tensor[N, C, *]``: a copy, or a view of ``x`` where the shuffle is the identity
+        (``groups`` 1 or ``C``), as ``reshape`` gives.
     """
     check_tensor("x", x)
     groups = check_int("groups", groups, 1)
@@ -122,8 +123,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     unit-variance entries :math:`q\cdot k` has variance :math:`d`, and without the scale the
     softmax saturates as :math:`d` grows (one key takes all the weight, its gradient
     vanishes). A query whose keys are all masked out gets zeros, not NaN. Equal to
-    ``F.scaled_dot_product_attention`` without dropout (values and gradients) —
-    ``tests/test_layers.py``.
+    ``F.scaled_dot_product_attention`` without dropout (values and gradients; boolean,
+    additive and causal masks; batch and head dimensions; half precision) —
+    ``tests/test_layers.py`` and ``tests/test_attention.py``.
 
     Args:
         q: ``Tensor[..., L, d]`` queries.
@@ -137,6 +139,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
     Returns:
         ``Tensor[..., L, d_v]``.
+
+    Raises:
+        TypeError: a non-tensor or non-floating ``q``/``k``/``v``; a mask neither boolean nor floating.
+        ValueError: shapes that do not fit; a mask that does not broadcast to ``[..., L, S]``;
+            ``mask`` together with ``is_causal``.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, floating=True)
@@ -154,6 +161,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if mask is not None:
         check_tensor("mask", mask)
+        if mask.dtype != torch.bool and not mask.is_floating_point():
+            raise TypeError(f"mask must be boolean (True: may attend) or floating (added to the scores), "
+                            f"got dtype {mask.dtype}")
+        try:
+            fits = torch.broadcast_shapes(mask.shape, logits.shape) == logits.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
+                             f"{tuple(logits.shape)} ([..., L, S])")
         if mask.dtype == torch.bool:
             logits = logits.masked_fill(~mask, float("-inf"))
         else:
@@ -246,3 +263,70 @@ class Residual(nn.Module):
             raise ValueError(f"the block's output {tuple(out.shape)} and the shortcut's {tuple(skip.shape)} must have "
                              f"the same shape: give a shortcut that changes the shape (e.g. a 1x1 conv or a Linear)")
         return out + skip
+
+
+def zero_init_residual(model: nn.Module) -> list[str]:
+    r"""Zero-γ initialisation: set γ of the last BatchNorm of every residual branch to 0, in place.
+
+    In a residual block whose branch ends in BatchNorm, e.g. the post-activation block of
+    He et al. 2016, :math:`x_{l+1} = \operatorname{ReLU}\bigl(x_l + \operatorname{BN}_2(W_2\,
+    \operatorname{ReLU}(\operatorname{BN}_1(W_1 x_l)))\bigr)` with
+    :math:`\operatorname{BN}_2(z) = \gamma \odot \hat z + \beta`, setting :math:`\gamma = 0`
+    (and :math:`\beta = 0`, PyTorch's default) makes the branch output exactly 0, so every
+    block starts as the identity (:math:`\operatorname{ReLU}(x_l) = x_l` for the non-negative
+    :math:`x_l` a ReLU produced) and the network starts as shallow as its stem and head.
+    Goyal et al. 2017 ("Accurate, large minibatch SGD") and He et al. 2019 ("Bag of tricks
+    for image classification") use it; it is torchvision's ``resnet*(zero_init_residual=True)``.
+
+    Every :class:`Residual` in ``model`` (``model`` itself included) is visited; in its
+    ``block`` (the branch :math:`F`, never the ``shortcut``, whose BatchNorm is left alone as
+    in torchvision) the *last* ``BatchNorm`` module in registration order — for an
+    ``nn.Sequential`` branch, the one nearest the output — has its ``weight`` (γ) zeroed.
+    The bias β is not touched. Every branch is checked before anything is changed, so a
+    ``ValueError`` leaves the model as it was. Applied to torchvision's ResNet-18 and
+    ResNet-50 with their blocks wrapped in :class:`Residual`, it zeros exactly the γ that
+    ``zero_init_residual=True`` zeros — ``tests/test_zero_gamma.py``.
+
+    Args:
+        model: a module containing at least one :class:`Residual` whose branch holds a
+            ``BatchNorm1d/2d/3d`` (or ``SyncBatchNorm``) with ``affine=True``.
+
+    Returns:
+        The qualified names of the zeroed parameters (as in ``model.state_dict()``), one per
+        residual block, in module order.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``model`` contains no :class:`Residual`; a branch has no BatchNorm; its
+            last BatchNorm has no γ (``affine=False``); a branch is an ``nn.Sequential`` that
+            ends in a ``Linear``/``Conv`` (a pre-activation block, BN → ReLU → weight, such
+            as :func:`~tricklib.models.residual_mlp`'s: there a zero γ leaves the bias and
+            does not give the identity).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    residuals = [(name, m) for name, m in model.named_modules() if isinstance(m, Residual)]
+    if not residuals:
+        raise ValueError(f"model ({type(model).__name__}) contains no tricklib.Residual block: wrap each residual "
+                         f"branch in Residual(branch) (for torchvision ResNets use resnet*(zero_init_residual=True))")
+    targets: list[tuple[str, nn.Parameter]] = []
+    for name, residual in residuals:
+        norms = [(sub, m) for sub, m in residual.block.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        where = f"the residual branch {name + '.block' if name else 'block'!r}"
+        if not norms:
+            raise ValueError(f"{where} contains no BatchNorm layer: zero-γ needs a branch that ends in BatchNorm "
+                             f"(or zero the branch's last weight yourself)")
+        sub, norm = norms[-1]
+        if norm.weight is None:
+            raise ValueError(f"the last BatchNorm of {where} has affine=False: it has no γ to set to zero")
+        last = residual.block[-1] if isinstance(residual.block, nn.Sequential) and len(residual.block) else None
+        if isinstance(last, (nn.Linear, nn.modules.conv._ConvNd)):
+            raise ValueError(f"{where} ends in a {type(last).__name__} after its last BatchNorm (a pre-activation "
+                             f"block, BN → ReLU → weight): a zero γ there does not make the block the identity; "
+                             f"zero-initialise that last layer's weight (and bias) instead")
+        targets.append((".".join(part for part in (name, "block", sub, "weight") if part), norm.weight))
+    with torch.no_grad():
+        for _, gamma in targets:
+            gamma.zero_()
+    return [qualified for qualified, _ in targets]

@@ -68,3 +68,43 @@ def residual_mlp(in_features: int, width: int, depth: int, num_classes: int, *, 
 
     blocks = [Residual(unit(width)) if residual else unit(width) for _ in range(depth)]
     return nn.Sequential(nn.Linear(in_features, width), *blocks, unit(num_classes))
+
+
+def postact_residual_mlp(in_features: int, width: int, depth: int, num_classes: int) -> nn.Sequential:
+    r"""A deep MLP of ``depth`` *post-activation* residual blocks: the original ResNet block with ``Linear`` layers.
+
+    Stem ``Linear(in_features, width) → BN → ReLU``, then ``depth`` blocks
+
+    .. math:: x_{l+1} = \operatorname{ReLU}\bigl(x_l + \operatorname{BN}_2(W_2\,
+        \operatorname{ReLU}(\operatorname{BN}_1(W_1 x_l)))\bigr),
+
+    then the head ``Linear(width, num_classes)`` (logits) — the layout of torchvision's
+    ``BasicBlock`` (He et al. 2016, "Deep residual learning"): conv → BN → ReLU → conv → BN,
+    add the input, ReLU, with each 3×3 convolution replaced by a ``Linear``. As there, the
+    layers before a BatchNorm have no bias (BN's β takes its place), and the branch ends in
+    BatchNorm, so :func:`~tricklib.layers.zero_init_residual` can start every block as the
+    identity. PyTorch's default initialisation (γ = 1, β = 0), layers created in order, so a
+    seed fixes the weights. Checked against a hand-written forward pass in
+    ``tests/test_zero_gamma.py``.
+
+    Args:
+        in_features: input features (64 for the 8×8 digits).
+        width: features of the residual stream and of every hidden layer.
+        depth: number of residual blocks (two ``Linear`` layers each), at least 1.
+        num_classes: number of logits.
+
+    Returns:
+        ``nn.Sequential(stem, *blocks, head)``; block ``i`` is ``model[1 + i] =
+        nn.Sequential(Residual(branch), nn.ReLU())`` and its last BatchNorm is
+        ``model[1 + i][0].block[4]``.
+    """
+    in_features, width = check_int("in_features", in_features, 1), check_int("width", width, 1)
+    depth, num_classes = check_int("depth", depth, 1), check_int("num_classes", num_classes, 1)
+
+    def branch() -> nn.Sequential:
+        return nn.Sequential(nn.Linear(width, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(),
+                             nn.Linear(width, width, bias=False), nn.BatchNorm1d(width))
+
+    stem = nn.Sequential(nn.Linear(in_features, width, bias=False), nn.BatchNorm1d(width), nn.ReLU())
+    blocks = [nn.Sequential(Residual(branch()), nn.ReLU()) for _ in range(depth)]
+    return nn.Sequential(stem, *blocks, nn.Linear(width, num_classes))
