@@ -1,4 +1,5 @@
-"""What the book's table of contents lists, for tests/test_structure.py and tests/test_book.py.
+"""What the book's table of contents lists, for tests/test_structure.py and tests/test_book.py;
+and every test starts with no matplotlib figure open.
 
 A test that takes ``toc_page`` runs once per page of ``_toc.yml`` (the root
 included); one that takes ``toc_chapter`` once per chapter notebook it lists.
@@ -7,9 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_open_figures():
+    """Close every figure after each test: a figure one test leaves open must not fail a later test
+    on the same worker that checks its own code closes what it opens (tests/test_knobs.py)."""
+    yield
+    plt.close("all")
 
 
 def toc_docnames() -> list[str]:

@@ -49,6 +49,7 @@ class Parsed(HTMLParser):
 @pytest.fixture(autouse=True)
 def _fresh():
     calls.clear()
+    plt.close("all")  # the figure checks below count only what the knob leaves open
     yield
     plt.close("all")
 
