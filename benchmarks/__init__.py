@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import statistics
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -21,3 +23,19 @@ def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     return args
+
+
+def print_ratio_table(cases: Mapping[str, tuple[Callable[[], object], Callable[[], object]]],
+                      args: argparse.Namespace, header: str) -> None:
+    """Time each ``(ours, theirs)`` pair ``args.runs`` times and print a Markdown row per case:
+    median and range of each, and of the ratio ours ÷ theirs taken run by run."""
+    from tricklib.measure import median_times_ms
+
+    print(header)
+    for name, (ours, theirs) in cases.items():
+        runs = [median_times_ms([ours, theirs], rounds=args.rounds, repeats=args.repeats) for _ in range(args.runs)]
+        a, b = [r[0] for r in runs], [r[1] for r in runs]
+        ratios = [x / y for x, y in zip(a, b)]
+        print(f"| {name} | {statistics.median(a):.2f} ({min(a):.2f}–{max(a):.2f}) | "
+              f"{statistics.median(b):.2f} ({min(b):.2f}–{max(b):.2f}) | "
+              f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")

@@ -11,16 +11,14 @@ figures are in ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
-import statistics
 
 import torch
 import torchvision
 import torchvision.ops as ops
 
-from benchmarks import parse, timing_parser
+from benchmarks import parse, print_ratio_table, timing_parser
 from benchmarks.soft_nms import device_name
 from tricklib.boxes import ciou_loss, diou_loss, giou_loss
-from tricklib.measure import median_times_ms
 
 
 def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -45,15 +43,8 @@ def main() -> None:
              "CIoU": (ciou_loss, ops.complete_box_iou_loss)}
     print(f"{device_name(torch.device('cpu'))}, {args.threads} thread(s), torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, {args.boxes} boxes; median of {args.runs} runs (range)\n")
-    print("| loss | tricklib ms | torchvision ms | ratio |\n|---|---|---|---|")
-    for name, (ours, theirs) in pairs.items():
-        runs = [median_times_ms([forward_backward(ours), forward_backward(theirs)], rounds=args.rounds,
-                                repeats=args.repeats) for _ in range(args.runs)]
-        a, b = [r[0] for r in runs], [r[1] for r in runs]
-        ratios = [x / y for x, y in zip(a, b)]
-        print(f"| {name} | {statistics.median(a):.2f} ({min(a):.2f}–{max(a):.2f}) | "
-              f"{statistics.median(b):.2f} ({min(b):.2f}–{max(b):.2f}) | "
-              f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
+    print_ratio_table({name: (forward_backward(ours), forward_backward(theirs))
+                       for name, (ours, theirs) in pairs.items()}, args, "| loss | tricklib ms | torchvision ms | ratio |\n|---|---|---|---|")
 
 
 if __name__ == "__main__":

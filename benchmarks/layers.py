@@ -17,17 +17,15 @@ ratio run by run. Measured figures are in ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks import parse, timing_parser
+from benchmarks import parse, print_ratio_table, timing_parser
 from benchmarks.soft_nms import device_name
 from tricklib.layers import GroupNorm, attention, channel_shuffle
-from tricklib.measure import median_times_ms
 
 
 def forward_backward(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> Callable[[], None]:
@@ -55,14 +53,7 @@ def main() -> None:
     }
     print(f"{device_name(torch.device('cpu'))}, {args.threads} thread(s), torch {torch.__version__}; "
           f"median of {args.runs} runs (range)\n")
-    print("| layer | tricklib ms | torch ms | ratio |\n|---|---|---|---|")
-    for name, (ours, theirs) in cases.items():
-        runs = [median_times_ms([ours, theirs], rounds=args.rounds, repeats=args.repeats) for _ in range(args.runs)]
-        a, b = [r[0] for r in runs], [r[1] for r in runs]
-        ratios = [x / y for x, y in zip(a, b)]
-        print(f"| {name} | {statistics.median(a):.2f} ({min(a):.2f}–{max(a):.2f}) | "
-              f"{statistics.median(b):.2f} ({min(b):.2f}–{max(b):.2f}) | "
-              f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
+    print_ratio_table(cases, args, "| layer | tricklib ms | torch ms | ratio |\n|---|---|---|---|")
 
 
 if __name__ == "__main__":

@@ -414,6 +414,17 @@ def _buffers_restored(model: Callable) -> Iterator[None]:
                 buffer.copy_(value)
 
 
+def _grads_per_output(out: torch.Tensor, x: torch.Tensor, grad_outputs: torch.Tensor,
+                      vectorize: bool) -> torch.Tensor:
+    """``d<grad_outputs[k], out>/dx`` for every ``k``, stacked: one batched backward pass, or a loop."""
+    if vectorize:
+        (grads,) = torch.autograd.grad(out, x, grad_outputs, is_grads_batched=True, allow_unused=True,
+                                       materialize_grads=True)
+        return grads
+    return torch.stack([torch.autograd.grad(out, x, g, retain_graph=True, allow_unused=True,
+                                            materialize_grads=True)[0] for g in grad_outputs])
+
+
 def dependency_matrix(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
                       direction: torch.Tensor | None = None, vectorize: bool = True) -> torch.Tensor:
     r"""Which inputs of a batch each sample's output depends on, traced by backprop.
@@ -463,12 +474,7 @@ def dependency_matrix(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
         # grad_outputs[i] = v placed on sample i and 0 elsewhere: backward pass i gives d<v, f(x)_i>/dx
         selector = torch.eye(B, dtype=out.dtype, device=out.device).view(B, B, *[1] * (out.dim() - 1))
         grad_outputs = selector * v
-        if vectorize:
-            (grads,) = torch.autograd.grad(out, x, grad_outputs, is_grads_batched=True, allow_unused=True,
-                                           materialize_grads=True)
-        else:
-            grads = torch.stack([torch.autograd.grad(out, x, g, retain_graph=True, allow_unused=True,
-                                                     materialize_grads=True)[0] for g in grad_outputs])
+        grads = _grads_per_output(out, x, grad_outputs, vectorize)
     return grads.flatten(2).norm(dim=2).detach()
 
 
@@ -520,12 +526,7 @@ def channel_dependency_matrix(model: Callable[[torch.Tensor], torch.Tensor], x: 
         # grad_outputs[o] = v on output channel o and 0 elsewhere: backward pass o gives d<v, f(x)_o>/dx
         selector = torch.eye(C, dtype=out.dtype, device=out.device).view(C, 1, C, *[1] * (out.dim() - 2))
         grad_outputs = selector * v
-        if vectorize:
-            (grads,) = torch.autograd.grad(out, x, grad_outputs, is_grads_batched=True, allow_unused=True,
-                                           materialize_grads=True)
-        else:
-            grads = torch.stack([torch.autograd.grad(out, x, g, retain_graph=True, allow_unused=True,
-                                                     materialize_grads=True)[0] for g in grad_outputs])
+        grads = _grads_per_output(out, x, grad_outputs, vectorize)
     # grads: [C_out, N, C_in, *] -> norm over the batch and the positions of each input channel
     return grads.transpose(1, 2).flatten(2).norm(dim=2).detach()
 
