@@ -281,6 +281,10 @@ def test_verdicts_table():
     assert clear.summary() == f"{clear.mean:+.3f} (clearly better)"
     assert Paired("acc", "a", "b", [-1e-5, 1e-5] * 3).summary() == "0.000 (no clear difference)"
     assert Paired("acc", "a", "b", [0.1, float("nan")]).summary() == "undefined"
+    # negative differences carry a typographic minus, as the text writes them
+    worse = Paired("acc", "a", "b", [-0.02, -0.01, -0.03, -0.02, -0.025, -0.015], better="higher")
+    assert worse.summary() == f"\u2212{-worse.mean:.3f} (clearly worse)"
+    assert "-" not in tricklib.verdicts([worse]).iloc[0]["95% interval"]
     with pytest.raises(TypeError, match="Paired"):
         tricklib.verdicts([0.1])
 
@@ -338,6 +342,12 @@ def test_payoff_draws_one_point_per_value():
         assert ax.get_xlabel() == "size" and "trick − base" in ax.get_ylabel()
         assert len(ax.collections) >= len(values)   # the seeds' dots, one collection per value
         plt.close(ax.figure)
+    # the words on clear points: "helps"/"hurts" by default, neutral ones when asked
+    result = tricklib.sweep(run, [1, 2], {"base": 0.0, "trick": 0.01}, metric="acc", baseline="base", trick="trick",
+                            variable="size", seeds=range(6), better="lower", progress=False)
+    assert [t.get_text() for t in tricklib.payoff(result).texts] == ["hurts", "hurts"]
+    assert [t.get_text() for t in tricklib.payoff(result, words=("fewer", "more")).texts] == ["more", "more"]
+    plt.close("all")
 
 
 def test_within_is_an_equivalence_claim():

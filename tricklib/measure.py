@@ -327,10 +327,11 @@ class Comparison:
 
 
 def _signed(value: float, digits: int) -> str:
-    """``value`` with its sign and ``digits`` decimals; a value that rounds to zero has no sign
+    """``value`` with its sign and ``digits`` decimals, negative with a typographic minus
+    (``"−0.012"``, as the book's text writes it); a value that rounds to zero has no sign
     (``"0.000"``, not ``"-0.000"`` or ``"+0.000"``)."""
     text = f"{value:+.{digits}f}"
-    return text[1:] if float(text) == 0 else text
+    return text[1:] if float(text) == 0 else text.replace("-", "\u2212")
 
 
 def verdicts(pairs: Iterable[Paired], digits: int = 3) -> pd.DataFrame:

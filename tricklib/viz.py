@@ -213,13 +213,13 @@ def paired_diffs(comparison: Comparison, metric: str, baseline: str, tricks: Seq
 
 
 def payoff(result: Sweep, *, ax: Axes | None = None, ylabel: str | None = None, logx: bool = False,
-           annotate: bool = True) -> Axes:
+           annotate: bool = True, words: tuple[str, str] = ("helps", "hurts")) -> Axes:
     """When does it pay off? The paired effect ``trick − baseline`` against the swept variable.
 
     One point per value: the mean difference with its 95% interval, filled where the
     difference is clear and hollow where it is not; every seed's difference as a small
-    dot; a zero line. With ``annotate``, each clear point is labelled "helps" or
-    "hurts" (when the sweep knows which direction is better) or "higher"/"lower".
+    dot; a zero line. With ``annotate``, each clear point is labelled with ``words``
+    (when the sweep knows which direction is better) or "higher"/"lower".
 
     Args:
         result: a :class:`~tricklib.measure.Sweep` from :func:`~tricklib.measure.sweep`.
@@ -227,6 +227,8 @@ def payoff(result: Sweep, *, ax: Axes | None = None, ylabel: str | None = None, 
         ylabel: default ``"Δ <metric>: <trick> − <baseline>"``.
         logx: logarithmic x axis (numeric values only).
         annotate: write the verdict above or below each clear point.
+        words: the labels of a clearly better and a clearly worse point; pass neutral words
+            (e.g. ``("fewer dead", "more dead")``) when "better" is a mechanism, not the goal.
     """
     ax = _axes(ax, (5, 3.2))
     numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in result.values)
@@ -242,7 +244,7 @@ def payoff(result: Sweep, *, ax: Axes | None = None, ylabel: str | None = None, 
         seed_x = np.exp(np.log(x) + jitter) if logx else x + jitter
         ax.scatter(seed_x, p.diffs, color=color, s=8, alpha=0.45, zorder=2, lw=0)
         if annotate and p.direction:
-            word = {"clearly better": "helps", "clearly worse": "hurts"}.get(p.word, p.word.split()[-1])
+            word = dict(zip(("clearly better", "clearly worse"), words)).get(p.word, p.word.split()[-1])
             ax.annotate(word, (x, hi if p.mean > 0 else lo), xytext=(0, 6 if p.mean > 0 else -12),
                         textcoords="offset points", ha="center", fontsize=9, color=color)
     ax.axhline(0, color="gray", lw=1)
