@@ -138,6 +138,11 @@ def validation_accuracy(state):
     net.load_state_dict(state)
     return tricklib.evaluate(net, val)["acc"]
 ''',
+    "giou": '''
+xy = torch.rand(20, 2) * 50
+pred_boxes = torch.cat([xy, xy + 10 + torch.rand(20, 2) * 20], dim=1).requires_grad_()
+gt_boxes = pred_boxes.detach() + torch.randn(20, 4)
+''',
     "soft_nms": '''
 xy = torch.rand(20, 2) * 50
 boxes = torch.cat([xy, xy + 10 + torch.rand(20, 2) * 20], dim=1)

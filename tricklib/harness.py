@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_int, check_range, check_same_device, check_tensor
+from ._checks import check_choice, check_int, check_range, check_same_device, check_tensor
 from .runtime import get_device
 from .runtime import progress as progress_bar
 
@@ -64,6 +65,9 @@ class TrainState:
         step: optimisation steps done so far (1 at the first ``on_step_end``).
         epoch: the current epoch, counting from 1.
         loss: training loss of the last batch (NaN before the first step).
+        stop: set it to ``True`` in a callback to end training: :func:`fit` checks it
+            after every epoch's ``on_epoch_end`` calls (set in ``on_step_end``, the
+            run still finishes that epoch), e.g. :class:`EarlyStopping`.
     """
 
     model: nn.Module
@@ -72,10 +76,19 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     loss: float = math.nan
+    stop: bool = False
 
 
 class Callback:
-    """Hook into :func:`fit`. Override what you need; both hooks default to no-ops."""
+    """Hook into :func:`fit`. Override what you need; every hook defaults to a no-op."""
+
+    def on_train_begin(self, state: TrainState) -> None:
+        """Called once when :func:`fit` starts, before the first step: reset per-run state here
+        (:class:`EarlyStopping` does), so that one callback object can serve several runs.
+
+        Args:
+            state: the loop's :class:`TrainState` (``state.step == 0``, empty history).
+        """
 
     def on_step_end(self, state: TrainState) -> None:
         """Called after each optimiser step (``state.step`` counts from 1).
@@ -89,6 +102,14 @@ class Callback:
 
         Args:
             state: the loop's :class:`TrainState` (``state.epoch`` counts from 1).
+        """
+
+    def on_train_end(self, state: TrainState) -> None:
+        """Called once when :func:`fit` returns: after the last epoch, when a callback set
+        ``state.stop``, or when the loss diverged.
+
+        Args:
+            state: the loop's :class:`TrainState` as training left it.
         """
 
 
@@ -112,6 +133,201 @@ class Snapshots(Callback):
         """
         if state.step in self.at_steps:
             self.states.append(copy.deepcopy(state.model.state_dict()))
+
+
+class EarlyStopping(Callback):
+    r"""Stop training when a validation metric stops improving, and restore the best weights.
+
+    After every epoch the monitored value :math:`v_t` (e.g. ``history.epoch["val_loss"][-1]``)
+    is compared with the best so far, :math:`v^\ast`. With ``mode="min"`` epoch :math:`t`
+    *improves* when
+
+    .. math:: v_t < v^\ast - \delta_{\min}
+
+    (``mode="max"``: :math:`v_t > v^\ast + \delta_{\min}`; the first epoch always improves, a
+    NaN never does). An improving epoch becomes the best: :math:`v^\ast = v_t`,
+    :math:`t^\ast = t`, and a copy of the weights is kept. Training stops at the end of the
+    first epoch :math:`t = t^\ast + \text{patience}`, i.e. after ``patience`` epochs in a row
+    without improvement (the convention of Keras' and Lightning's ``EarlyStopping``), and the
+    model is given back the weights of epoch :math:`t^\ast` — also when the run reaches its
+    last epoch without stopping. Prechelt (1998), "Early stopping — but when?", compares such
+    stopping criteria.
+
+    The best weights are kept **in CPU memory**, as a ``state_dict`` copy moved to the CPU (so a
+    model on a GPU does not need its parameter memory twice there; restoring copies them back
+    onto the model's device): they are needed only at the end of this run, so there is no file to
+    write, no random-generator state and nothing to clean up. To keep the best model across a
+    crash, write it yourself when :attr:`improved` is true, with
+    :func:`~tricklib.checkpoint.save_checkpoint` (weights, optimiser, scheduler, epoch).
+
+    Use it as a callback of :func:`fit` (``fit(..., val=val, callbacks=[stopper])``), or in
+    your own loop::
+
+        for epoch in range(max_epochs):
+            train_one_epoch(model)
+            if stopper.update(evaluate(model, val)["loss"], model):
+                break
+        stopper.restore(model)
+
+    **One run at a time.** The stopper remembers the best value, epoch and weights of the run
+    it watches. :func:`fit` calls :meth:`reset` at the start of every run (the
+    ``on_train_begin`` hook), so one object may serve several runs of ``fit`` one after the
+    other; in your own loop call :meth:`reset` before reusing it for a new run, or the new
+    run is compared with the old run's best.
+
+    Only the **model's** weights are restored, not the optimiser's or scheduler's state:
+    enough to use the model, not to resume training from the best epoch (checkpoint those
+    for that).
+
+    Args:
+        monitor: the per-epoch key of :attr:`History.epoch` to watch in :func:`fit`, e.g.
+            ``"val_loss"`` or ``"val_acc"`` (ignored by :meth:`update`, which is given the
+            value).
+        mode: ``"min"`` (lower is better, losses), ``"max"`` (accuracies) or ``"auto"``, which
+            reads the last word of ``monitor`` (split at ``_``, ``/``, ``.``, ``-``):
+            ``"min"`` for ``loss``, ``error``/``err``, ``mse``, ``mae``, ``rmse``, ``nll``;
+            ``"max"`` for ``acc``/``accuracy``, ``auc``, ``f1``, ``iou``, ``ap``, ``map``,
+            ``r2`` and ``top1``, ``top5``, …; any other name raises a ValueError asking for
+            ``mode="min"`` or ``mode="max"`` (a wrong guess would keep the *worst* epoch).
+        patience: epochs in a row without improvement that end the run, ``>= 1``
+            (Keras' and Lightning's ``patience=0``, stop at the first epoch without
+            improvement, is ``patience=1`` here).
+        min_delta: smallest change that counts as an improvement, ``>= 0``, in the units
+            of the monitored value.
+        restore_best: give the model back its best weights at the end (default ``True``).
+            With ``False`` no copy of the weights is kept.
+
+    Attributes:
+        mode: ``"min"`` or ``"max"``, as given or as ``"auto"`` resolved it.
+        best_value: the best monitored value so far (``inf``/``-inf`` before the first epoch).
+        best_epoch: the epoch it was reached, counting from 1 (0 before the first).
+        stopped_epoch: the epoch at whose end training was stopped, ``None`` if it was not.
+        improved: whether the last epoch improved on the best.
+        best_state: the ``state_dict`` of the best epoch, on the CPU (``None`` with
+            ``restore_best=False``).
+
+    Raises:
+        ValueError: ``mode`` not ``"min"``, ``"max"`` or ``"auto"``; ``mode="auto"`` with a
+            ``monitor`` whose direction it cannot tell; ``patience < 1``;
+            ``min_delta < 0``; in :func:`fit`, a ``monitor`` that is not a per-epoch key of the
+            history (the message lists those there are, and says when ``fit`` was given no
+            validation set).
+        TypeError: ``monitor`` not a string, ``patience`` not an int.
+
+    Checked in ``tests/test_early_stopping.py`` against a hand-written patience loop (the
+    same stopping epoch on scripted sequences of values, the restored weights equal to those
+    saved at the best epoch) and with :func:`fit` (it stops there, and the restored model
+    equals the one a run of exactly ``best_epoch`` epochs ends with).
+    """
+
+    def __init__(self, monitor: str = "val_loss", *, mode: str = "auto", patience: int = 10,
+                 min_delta: float = 0.0, restore_best: bool = True):
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be a per-epoch history key such as 'val_loss', got {monitor!r}")
+        check_choice("mode", mode, ("min", "max", "auto"))
+        if mode == "auto":
+            word = re.split(r"[_/.\-]", monitor.lower())[-1]
+            if word in ("loss", "error", "err", "mse", "mae", "rmse", "nll"):
+                mode = "min"
+            elif word in ("acc", "accuracy", "auc", "f1", "iou", "ap", "map", "r2") or re.fullmatch(r"top\d*", word):
+                mode = "max"
+            else:
+                raise ValueError(f"mode='auto' cannot tell whether {monitor!r} should go up or down: "
+                                 "pass mode='min' or mode='max'")
+        if isinstance(patience, int) and not isinstance(patience, bool) and patience == 0:
+            raise ValueError("patience=0 would stop after the first epoch; patience=1 stops at the first epoch "
+                             "without improvement (what Keras' and Lightning's patience=0 does)")
+        self.monitor, self.mode = monitor, mode
+        self.patience = check_int("patience", patience, 1)
+        self.min_delta = float(check_range("min_delta", min_delta, 0.0))
+        self.restore_best = bool(restore_best)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the run watched so far (best value, epochs, weights), to watch a new one.
+
+        :func:`fit` calls it at the start of every run (``on_train_begin``); call it yourself
+        before reusing a stopper in your own loop.
+        """
+        self.best_value = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.stopped_epoch: int | None = None
+        self.improved = False
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self._epoch = 0
+
+    def update(self, value: float, model: nn.Module | None = None) -> bool:
+        """Record one epoch's monitored value; ``True`` when training should stop.
+
+        Args:
+            value: the monitored value of this epoch (a NaN never improves).
+            model: the model; its ``state_dict`` is copied when this epoch is the best
+                (needed for :meth:`restore` when ``restore_best``).
+
+        Returns:
+            ``True`` once ``patience`` epochs in a row have not improved on the best.
+        """
+        value = float(value)
+        self._epoch += 1
+        if self.mode == "min":
+            self.improved = value < self.best_value - self.min_delta
+        else:
+            self.improved = value > self.best_value + self.min_delta
+        if self.improved:
+            self.best_value, self.best_epoch = value, self._epoch
+            if self.restore_best and model is not None:
+                self.best_state = {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                                   for k, v in model.state_dict().items()}
+        if self._epoch - self.best_epoch >= self.patience:
+            self.stopped_epoch = self._epoch
+            return True
+        return False
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights into ``model`` (a no-op with ``restore_best=False``).
+
+        Args:
+            model: the model whose ``state_dict`` was copied by :meth:`update`.
+
+        Raises:
+            ValueError: ``restore_best`` is on but no weights were kept (no epoch had a model).
+        """
+        if not self.restore_best:
+            return
+        if self.best_state is None:
+            raise ValueError("no best weights to restore: update() was never given the model at an improving epoch")
+        model.load_state_dict(self.best_state)
+
+    def on_train_begin(self, state: TrainState) -> None:
+        """:meth:`reset`: every run of :func:`fit` starts from no best value.
+
+        Args:
+            state: the loop's :class:`TrainState`.
+        """
+        self.reset()
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Read ``state.history.epoch[monitor][-1]``, :meth:`update`, and set ``state.stop`` when it says so.
+
+        Args:
+            state: the loop's :class:`TrainState`.
+        """
+        if self.monitor not in state.history.epoch:
+            keys = sorted(state.history.epoch)
+            hint = (" (fit was given no validation set: pass val=(X, y) — never the test set)"
+                    if self.monitor.startswith("val_") and not any(k.startswith("val_") for k in keys) else "")
+            raise ValueError(f"monitor {self.monitor!r} is not a per-epoch history key{hint}; the history has {keys}")
+        if self.update(state.history.epoch[self.monitor][-1], state.model):
+            state.stop = True
+
+    def on_train_end(self, state: TrainState) -> None:
+        """Give the model its best weights back (with ``restore_best``, once an epoch was recorded).
+
+        Args:
+            state: the loop's :class:`TrainState`.
+        """
+        if self.restore_best and self.best_state is not None:
+            state.model.load_state_dict(self.best_state)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -300,15 +516,20 @@ def fit(model: nn.Module, train: Batch, val: Batch | None = None, *, epochs: int
         clip_grad_value: clamp every gradient entry to ``[-v, v]``
             (``nn.utils.clip_grad_value_``: the direction may change). Applied
             before norm clipping when both are given.
-        callbacks: :class:`Callback` objects (EMA, snapshots, recorders).
+        callbacks: :class:`Callback` objects (EMA, snapshots, recorders,
+            :class:`EarlyStopping`); every callback's ``on_train_begin`` runs before
+            the first step, a callback ends training early by setting
+            ``state.stop`` (:class:`TrainState`), and every callback's
+            ``on_train_end`` runs when ``fit`` returns.
         seed: seeds the shuffling of batches (model init is the caller's).
         device: where to train; default :func:`~tricklib.runtime.get_device`.
         progress: show a ``tqdm`` bar over epochs.
 
     Returns:
-        The :class:`History` (per-step loss/lr/grad-norm, per-epoch metrics). If the
-        loss becomes NaN or infinite, training stops there and
-        ``history.diverged_at`` holds the step.
+        The :class:`History` (per-step loss/lr/grad-norm, per-epoch metrics; one entry per
+        epoch run, fewer than ``epochs`` when a callback stopped training). If the loss
+        becomes NaN or infinite, training stops there and ``history.diverged_at`` holds
+        the step.
     """
     epochs = check_int("epochs", epochs, 1)
     batch_size = check_int("batch_size", batch_size, 1)
@@ -333,6 +554,8 @@ def fit(model: nn.Module, train: Batch, val: Batch | None = None, *, epochs: int
     history = History()
     state = TrainState(model=model, optimizer=opt, history=history)
     generator = torch.Generator().manual_seed(seed)
+    for cb in callbacks:
+        cb.on_train_begin(state)
     epoch_iter = range(1, epochs + 1)
     for epoch in (progress_bar(epoch_iter, desc="epochs") if progress else epoch_iter):
         model.train()
@@ -348,6 +571,8 @@ def fit(model: nn.Module, train: Batch, val: Batch | None = None, *, epochs: int
                 history.step["loss"].append(loss.item())
                 history.step["lr"].append(opt.param_groups[0]["lr"])
                 history.step["grad_norm"].append(math.nan)
+                for cb in callbacks:
+                    cb.on_train_end(state)
                 return history
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -373,4 +598,8 @@ def fit(model: nn.Module, train: Batch, val: Batch | None = None, *, epochs: int
                     history.epoch[f"{prefix}_{name}"].append(value)
         for cb in callbacks:
             cb.on_epoch_end(state)
+        if state.stop:  # a callback ended training (e.g. EarlyStopping)
+            break
+    for cb in callbacks:
+        cb.on_train_end(state)
     return history

@@ -5,9 +5,10 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_choice, check_range, check_same_device, check_tensor
+from ._checks import check_choice, check_int, check_range, check_same_device, check_tensor
 
 try:
     import numba
@@ -34,13 +35,153 @@ def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     return loss.mean()
 
 
+TOKEN_REDUCTIONS = ("none", "mean", "sum", "sequence_mean")
+
+
+def token_weights(targets: torch.Tensor, reduction: str = "mean", *, ignore_index: int = -100,
+                  normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+    r"""The weight :math:`w_i` each token's loss gets under a reduction: :math:`\mathcal L = \sum_i w_i\,\ell_i`.
+
+    Since :math:`\partial\mathcal L/\partial z_i = w_i\,\partial\ell_i/\partial z_i`, the weight is
+    also the factor by which the reduction scales the gradient through token :math:`i`'s
+    logits. With :math:`m_i = [y_i \ne \text{ignore\_index}]` (padding gets weight 0),
+    :math:`N = \sum_i m_i` the batch's real tokens, :math:`n_s` those of sequence :math:`s`
+    and :math:`S` the number of sequences with :math:`n_s > 0`:
+
+    .. math:: w_i^{\text{mean}} = \frac{m_i}{N},\qquad
+              w_i^{\text{sum}} = \frac{m_i}{c}\ (c = \text{normalizer}, \text{ default } 1),\qquad
+              w_{s,t}^{\text{sequence\_mean}} = \frac{m_{s,t}}{S\,n_s}
+
+    ``"mean"`` and ``"sum"`` weight the tokens of one batch alike and differ by the factor
+    :math:`N` that changes from batch to batch; ``"sequence_mean"`` gives every sequence the
+    same total weight, so a token of a short sequence weighs more than one of a long
+    sequence. With no real token every weight is 0 (the mean of nothing is 0, not NaN).
+    ``tests/test_loss_reduction.py`` checks the weights against ``F.cross_entropy``'s
+    gradients and a per-sequence loop.
+
+    Args:
+        targets: integer class indices, any shape; for ``"sequence_mean"`` the last dimension
+            is time (``Tensor[..., T]``; one sequence per index of the leading dimensions).
+        reduction: ``"mean"`` (default) | ``"sum"`` | ``"sequence_mean"``.
+        ignore_index: the target value of padding (PyTorch's default ``-100``).
+        normalizer: only with ``"sum"``: divide by this fixed positive number (or 0-d tensor),
+            e.g. the token count of a whole accumulated or distributed batch.
+
+    Returns:
+        ``Tensor`` of ``targets``' shape, float32.
+    """
+    _check_targets(targets)
+    check_choice("reduction", reduction, TOKEN_REDUCTIONS[1:])
+    check_int("ignore_index", ignore_index)
+    if normalizer is not None and reduction != "sum":
+        raise ValueError(f"normalizer applies to reduction='sum' only, got reduction={reduction!r}")
+    mask = (targets != ignore_index).to(torch.float32)
+    if reduction == "mean":
+        return mask / mask.sum().clamp(min=1)
+    if reduction == "sum":
+        return mask if normalizer is None else mask / _check_normalizer(normalizer, mask.device)
+    if targets.dim() == 0:
+        raise ValueError("targets must have a time dimension for reduction='sequence_mean', got a 0-d tensor")
+    per_sequence = mask.sum(-1, keepdim=True)                         # n_s
+    sequences = (per_sequence > 0).sum().clamp(min=1)                 # S
+    return mask / (per_sequence.clamp(min=1) * sequences)
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", *,
+               ignore_index: int = -100, label_smoothing: float = 0.0,
+               normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+    r"""Cross-entropy over tokens with the normalisation said out loud: per token, per sequence, or a sum.
+
+    .. math:: \mathcal L = \sum_i w_i\,\ell_i,\qquad \ell_i = -\log \operatorname{softmax}(z_i)_{y_i}
+
+    with the weights :math:`w_i` of :func:`token_weights`: ``"mean"`` divides by the real
+    (not padded) tokens of the batch, ``"sum"`` by nothing (or by a fixed ``normalizer``),
+    ``"sequence_mean"`` averages each sequence over its tokens and then the sequences.
+    Padding (``targets == ignore_index``) adds nothing to the loss, the weights or the
+    counts; with no real token the loss is a differentiable 0 where ``F.cross_entropy``'s
+    mean is NaN. ``label_smoothing`` (Szegedy et al. 2016) is ``F.cross_entropy``'s, whose
+    smoothing term is masked at padding too.
+
+    ``"mean"`` and ``"sum"`` equal ``F.cross_entropy(logits.flatten(0, -2), targets.flatten(),
+    reduction=..., ignore_index=..., label_smoothing=...)`` (values and gradients);
+    ``"sequence_mean"`` equals a loop of that mean over the sequences; ``"sum"`` with a
+    normalizer is fairseq's sum over tokens divided by the batch's "sample size"
+    (Ott et al. 2019). Checked in ``tests/test_loss_reduction.py``.
+
+    Args:
+        logits: ``Tensor[..., C]``, classes last (a model's output, not ``F.cross_entropy``'s
+            ``(N, C, T)`` layout), floating point.
+        targets: ``Tensor[...]`` of class indices in ``[0, C)`` or ``ignore_index``, the shape
+            of ``logits`` without its last dimension; for ``"sequence_mean"`` the last
+            dimension is time.
+        reduction: ``"mean"`` (default) | ``"sum"`` | ``"sequence_mean"`` | ``"none"``
+            (the per-token losses, 0 at padding).
+        ignore_index: the target value of padding.
+        label_smoothing: in ``[0, 1]``.
+        normalizer: only with ``"sum"``: a fixed positive divisor (number or 0-d tensor).
+
+    Returns:
+        A scalar in ``logits``' dtype, or ``Tensor[...]`` for ``"none"``.
+    """
+    check_tensor("logits", logits, floating=True)
+    _check_targets(targets)
+    if logits.dim() == 0 or logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits must have the shape of targets plus a last dimension of classes, got logits "
+                         f"{tuple(logits.shape)} and targets {tuple(targets.shape)} (classes last, not (N, C, T))")
+    check_same_device(logits=logits, targets=targets)
+    check_choice("reduction", reduction, TOKEN_REDUCTIONS)
+    check_int("ignore_index", ignore_index)
+    check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    classes = logits.shape[-1]
+    valid = targets != ignore_index
+    if valid.any():
+        low, high = torch.aminmax(targets[valid])
+        if low < 0 or high >= classes:
+            raise ValueError(f"targets must be class indices in [0, {classes}) or ignore_index={ignore_index}, "
+                             f"got values from {low.item()} to {high.item()}")
+    per_token = F.cross_entropy(logits.reshape(-1, classes), targets.reshape(-1), reduction="none",
+                                ignore_index=ignore_index, label_smoothing=label_smoothing).view(targets.shape)
+    if normalizer is not None and reduction != "sum":
+        raise ValueError(f"normalizer applies to reduction='sum' only, got reduction={reduction!r}")
+    if reduction == "none":
+        return per_token
+    weights = token_weights(targets, reduction, ignore_index=ignore_index, normalizer=normalizer)
+    dtype = torch.promote_types(per_token.dtype, torch.float32)  # accumulate half types in float32
+    return (per_token.to(dtype) * weights.to(dtype)).sum().to(logits.dtype)
+
+
+def _check_targets(targets: object) -> None:
+    check_tensor("targets", targets)
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be an integer tensor of class indices, got dtype {targets.dtype}")
+
+
+def _check_normalizer(normalizer: object, device: torch.device) -> torch.Tensor:
+    """A positive finite divisor as a float32 tensor (a 0-d tensor, e.g. an all-reduced count, stays one)."""
+    if isinstance(normalizer, torch.Tensor):
+        if normalizer.dim() != 0 or normalizer.is_complex():
+            raise ValueError(f"normalizer must be a real number or a 0-d tensor, got shape {tuple(normalizer.shape)}")
+        value = normalizer.detach().to(device, torch.float32)
+        if not (value > 0 and torch.isfinite(value)):
+            raise ValueError(f"normalizer must be positive and finite, got {value.item()}")
+        return value
+    check_range("normalizer", normalizer, 0.0, low_open=True)
+    if not math.isfinite(normalizer):
+        raise ValueError(f"normalizer must be positive and finite, got {normalizer}")
+    return torch.tensor(float(normalizer), device=device)
+
+
 def topk_loss(loss: torch.Tensor, k: int, reduction: str = "mean") -> torch.Tensor:
     r"""Keep only the ``k`` largest per-example losses: the hardest examples of the batch.
 
     .. math:: \mathcal L = \frac1k \sum_{i \in \text{top-}k(\ell)} \ell_i
 
-    Gradient flows only through the kept examples (``loss.topk(k)``). With ``k`` at least
-    the number of examples it is the plain mean. Ties are broken by ``torch.topk``.
+    Gradient flows only through the kept examples (``loss.topk(k)``): each kept example gets
+    :math:`1/k` of the upstream gradient (``"mean"``) or all of it (``"sum"``), the others 0.
+    With ``k`` at least the number of examples it is the plain mean. Ties are broken by
+    ``torch.topk``. With a fixed ``k`` the kept losses are the tail of the batch, so the
+    loss grows with the batch size (:func:`ohem_loss` keeps a fraction instead). Tested (``tests/test_ohem.py``)
+    against a sorted reference, ``loss.topk(k)``, on ties, empty input and half precision.
 
     Args:
         loss: ``Tensor[N]`` per-example losses (``reduction="none"`` from the loss function).
@@ -52,8 +193,7 @@ def topk_loss(loss: torch.Tensor, k: int, reduction: str = "mean") -> torch.Tens
         A scalar, or ``Tensor[min(k, N)]`` for ``"none"``; the mean of no examples is 0.
     """
     check_tensor("loss", loss, ndim=1, floating=True)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    k = check_int("k", k, 1)
     return reduce_loss(loss.topk(min(k, loss.numel())).values, reduction)
 
 
@@ -63,11 +203,15 @@ def ohem_loss(loss: torch.Tensor, keep_fraction: float = 0.25, reduction: str = 
     .. math:: \mathcal L = \frac1k \sum_{i \in \text{top-}k(\ell)} \ell_i,\qquad
         k = \lceil \text{keep\_fraction}\cdot N \rceil
 
-    The argument says what is *kept*: the popular one-liner
-    ``index = argsort(loss)[int(num * rate):]`` keeps the top :math:`1 - \text{rate}`, so its
-    ``rate=0.7`` is ``keep_fraction=0.3`` here. The paper samples regions by loss after NMS
+    The argument is the share *kept*, not the share dropped: the popular one-liner
+    ``index = argsort(loss)[int(num * rate):]`` keeps the top :math:`1 - \text{rate}`
+    (:math:`N - \lfloor \text{rate}\cdot N \rfloor` examples), so its ``rate=0.7`` is
+    ``keep_fraction=0.3`` here (:math:`k` is computed after rounding
+    :math:`\text{keep\_fraction}\cdot N` to 6 decimals, so ``1 - 0.7`` keeps 30 of 100). The paper samples regions by loss after NMS
     among them; this is the per-example core (:func:`topk_loss` with a fraction). Hard
-    examples include mislabelled ones: with label noise OHEM concentrates on them.
+    examples include mislabelled ones: with label noise OHEM concentrates on them. Tested
+    (``tests/test_ohem.py``) against ``loss.topk(k)``, a sorted reference and the one-liner
+    above, with gradients, ties, empty input and half precision.
 
     Args:
         loss: ``Tensor[N]`` per-example losses (``reduction="none"``).
@@ -79,7 +223,8 @@ def ohem_loss(loss: torch.Tensor, keep_fraction: float = 0.25, reduction: str = 
     """
     check_tensor("loss", loss, ndim=1, floating=True)
     check_range("keep_fraction", keep_fraction, 0.0, 1.0, low_open=True)
-    k = max(1, math.ceil(keep_fraction * loss.numel()))
+    # rounded first, so that float noise does not add one: keep_fraction = 1 - 0.7 keeps 30 of 100, not 31
+    k = max(1, math.ceil(round(keep_fraction * loss.numel(), 6)))
     return reduce_loss(loss.topk(min(k, loss.numel())).values, reduction)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +157,40 @@ def drop_path(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if keep > 0.0:
         mask.div_(keep)
     return x * mask
+
+
+def drop_connect(weight: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    r"""DropConnect (Wan et al. 2013): drop single *weights*, not units, with inverted scaling.
+
+    .. math:: \tilde W = \frac{M \odot W}{1-p},\qquad M_{ij} \sim \mathrm{Bernoulli}(1-p)
+
+    Use the result in place of the weight, for one forward pass:
+    ``F.linear(x, drop_connect(layer.weight, p, model.training), layer.bias)`` (or
+    ``F.conv2d``). Dropout zeroes a unit, which removes a whole column of the next
+    layer's :math:`W`; DropConnect zeroes single entries, so each output sees its own random
+    subset of the inputs. :math:`\mathbb E[\tilde W] = W`, so evaluation uses :math:`W`
+    itself; the gradient reaches only the kept weights, scaled by :math:`1/(1-p)`. One
+    mask per call, shared by the batch (Wan et al. draw one per example, and at test time
+    moment-match a Gaussian instead of using the mean weight). It is ``F.dropout``
+    applied to the weight: equal to ``F.dropout(weight, p, training)`` draw for draw
+    (the same generator calls) — ``tests/test_dropout_family.py``. Not to be confused with
+    the ``drop_connect`` of some EfficientNet code, which is stochastic depth
+    (:func:`drop_path`).
+
+    Args:
+        weight: the layer's weight, any shape, float.
+        p: drop probability in ``[0, 1]`` (1 zeroes every weight).
+        training: False (evaluation) returns ``weight`` unchanged.
+    """
+    check_tensor("weight", weight, floating=True)
+    check_range("p", p, 0.0, 1.0)
+    if not training or p == 0.0:
+        return weight
+    keep = 1.0 - p
+    mask = torch.empty_like(weight).bernoulli_(keep)
+    if keep > 0.0:
+        mask.div_(keep)
+    return weight * mask
 
 
 def drop_block(x: torch.Tensor, p: float, block_size: int, training: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -341,7 +376,7 @@ def r_drop_loss(logits1: torch.Tensor, logits2: torch.Tensor, targets: torch.Ten
     return reduce_loss(ce + alpha / 2 * kl, reduction)
 
 
-def soft_threshold(w: torch.Tensor, threshold: float) -> torch.Tensor:
+def soft_threshold(w: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
     r"""The proximal step of an L1 penalty: shrink every weight towards 0 by ``threshold``, stopping at 0.
 
     .. math:: \operatorname{prox}_{t\lambda\|\cdot\|_1}(w) = \operatorname{sign}(w)\,\max(|w| - t\lambda, 0)
@@ -353,11 +388,59 @@ def soft_threshold(w: torch.Tensor, threshold: float) -> torch.Tensor:
 
     Args:
         w: weights, any shape, float.
-        threshold: :math:`t\lambda \ge 0`.
+        threshold: :math:`t\lambda \ge 0`, a number or a tensor that broadcasts to ``w``
+            (one threshold per row, e.g. for a batch of models with different :math:`\lambda`).
     """
     check_tensor("w", w, floating=True)
-    check_range("threshold", threshold, 0.0)
+    if isinstance(threshold, torch.Tensor):
+        if threshold.is_complex() or not (threshold >= 0).all():  # NaN fails ">= 0" too
+            raise ValueError("threshold must be >= 0 everywhere (no NaN)")
+        threshold = threshold.to(w.dtype)
+    else:
+        check_range("threshold", threshold, 0.0)
     return w.sign() * (w.abs() - threshold).clamp(min=0)
+
+
+@torch.no_grad()
+def l1_prox_step(params: torch.Tensor | Iterable[torch.Tensor], lr: float, lam: float | torch.Tensor) -> None:
+    r"""The L1 penalty as a proximal step: soft-threshold ``params`` in place, after ``opt.step()``.
+
+    .. math:: w \leftarrow \operatorname{sign}(w)\,\max(|w| - \eta\lambda,\ 0)
+
+    Called after each gradient step of learning rate :math:`\eta` on the data loss alone,
+    this is proximal gradient descent (ISTA, Beck & Teboulle 2009; with mini-batches,
+    proximal SGD) on :math:`\text{loss} + \lambda\|w\|_1` (Tibshirani 1996, the lasso):
+    every weight whose gradient step lands within :math:`\eta\lambda` of 0 is set to
+    *exactly* 0. Adding :math:`\lambda\|w\|_1` to the loss instead (a subgradient step)
+    makes such weights jump across 0 by :math:`\eta\lambda` and never land on it. For the
+    elastic net (Zou & Hastie 2005), :math:`\lambda_1\|w\|_1 + \tfrac{\lambda_2}{2}\|w\|_2^2`,
+    keep the L2 part in the gradient (``weight_decay=λ2`` in SGD) and call this with
+    :math:`\lambda_1`. With plain SGD, full batches and :math:`\eta \le 1/L` it converges
+    to the minimiser: ``tests/test_l1_l2.py`` checks it against scikit-learn's ``Lasso``,
+    ``ElasticNet`` and L1 ``LogisticRegression`` (``l1_ratio=1``). After an Adam step the
+    threshold :math:`\eta\lambda` ignores Adam's per-weight scaling: the zeros are still
+    exact, the penalty is no longer exactly :math:`\lambda\|w\|_1`.
+
+    Args:
+        params: a tensor or ``nn.Parameter``, or an iterable of them (e.g. the weight
+            matrices only: leave biases unpenalised), float.
+        lr: the learning rate :math:`\eta \ge 0` of the step just taken (with a
+            scheduler, the current one: ``opt.param_groups[0]["lr"]``).
+        lam: :math:`\lambda \ge 0`, a number or a tensor that broadcasts to every
+            parameter (one strength per row).
+    """
+    params = [params] if isinstance(params, torch.Tensor) else list(params)
+    if not params:
+        raise ValueError("params is empty (an exhausted model.parameters() generator?)")
+    for i, p in enumerate(params):
+        check_tensor(f"params[{i}]", p, floating=True)
+    check_range("lr", lr, 0.0)
+    if not isinstance(lam, torch.Tensor):
+        check_range("lam", lam, 0.0)
+    elif lam.is_complex() or not (lam >= 0).all():
+        raise ValueError("lam must be >= 0 everywhere (no NaN)")
+    for p in params:
+        p.copy_(soft_threshold(p, lr * lam))
 
 
 # --------------------------------------------------------------------------- adversarial training
@@ -435,6 +518,47 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, epsilon:
         x_adv = x_adv + step_size * _input_gradient(model, x_adv, targets, loss_fn).sign()
         x_adv = torch.max(torch.min(x_adv, x + epsilon), x - epsilon)
     return x_adv.clamp(*clamp) if clamp is not None else x_adv
+
+
+def adversarial_batch_transform(model: torch.nn.Module, attack=pgd, **attack_kwargs):
+    r"""A ``batch_transform`` for :func:`~tricklib.harness.fit` that trains on adversarial examples (Madry et al. 2018).
+
+    .. math:: \min_\theta\ \mathbb E_{(x, y)}\Bigl[\max_{\|\delta\|_\infty \le \epsilon}
+        \mathcal L\bigl(f_\theta(x + \delta), y\bigr)\Bigr]
+
+    Each training batch :math:`x` is replaced by ``attack(model, x, y, **attack_kwargs)``, the
+    inner maximisation (:func:`pgd` for Madry et al.'s PGD training, :func:`fgsm` for Goodfellow
+    et al.'s, ``pgd`` with ``steps=1`` and ``step_size=1.25 * epsilon`` for Wong et al. 2020's
+    FGSM with a random start); the outer step then minimises the loss on it. The attack runs in
+    evaluation mode (dropout off, BatchNorm on its running statistics, so the attack sees the
+    function that is deployed and does not update the statistics) and the model's mode is
+    restored afterwards. ``tests/test_adversarial_training.py`` checks that it returns the
+    attack's output on the model in evaluation mode, restores the mode, and trains in ``fit``.
+
+    Args:
+        model: the model being trained (the same object given to ``fit``).
+        attack: ``attack(model, x, targets, **attack_kwargs)`` → adversarial inputs, e.g.
+            :func:`pgd` (default) or :func:`fgsm`.
+        **attack_kwargs: passed on, e.g. ``epsilon=0.1, step_size=0.08, steps=3, clamp=(0, 1)``.
+
+    Returns:
+        ``transform(x, targets) -> (x_adv, targets)``.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(attack):
+        raise TypeError(f"attack must be callable (e.g. tricklib.pgd), got {type(attack).__name__}")
+
+    def transform(x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        was_training = model.training
+        model.eval()
+        try:
+            x_adv = attack(model, x, targets, **attack_kwargs)
+        finally:
+            model.train(was_training)
+        return x_adv, targets
+
+    return transform
 
 
 @contextlib.contextmanager
