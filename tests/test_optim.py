@@ -87,6 +87,38 @@ def test_adam_step_rejects_mismatched_shapes_and_int_tensors():
         adam_step(torch.ones(3, dtype=torch.long), torch.ones(3), torch.zeros(3), torch.zeros(3), 1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("decoupled,ref,wd", [(True, torch.optim.AdamW, 0.1), (False, torch.optim.Adam, 0.1),
+                                              (True, torch.optim.Adam, 0.0)])
+def test_adam_step_with_one_rate_per_stacked_model_matches_torch_per_slice(dtype, decoupled, ref, wd):
+    # M = 4 models' weights stacked along dim 0, each trained at its own rate in one call
+    g = torch.Generator().manual_seed(0)
+    rates = torch.tensor([0.0, 1e-3, 0.03, 0.3], dtype=dtype)
+    theta0 = torch.randn(4, 3, 5, generator=g, dtype=dtype)
+    grads = [torch.randn(4, 3, 5, generator=g, dtype=dtype) * 10.0 ** torch.randint(-3, 3, (4, 3, 5), generator=g)
+             for _ in range(15)]
+    ours = _run_ours(theta0, grads, lr=rates.view(4, 1, 1), weight_decay=wd, decoupled=decoupled)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for i, rate in enumerate(rates.tolist()):
+        theirs = _run_torch(ref, theta0[i], [grad[i] for grad in grads], lr=rate, weight_decay=wd)
+        torch.testing.assert_close(ours[i], theirs, **tol)
+    # a scalar tensor is the same as the float
+    torch.testing.assert_close(_run_ours(theta0, grads, lr=torch.tensor(0.03, dtype=dtype)),
+                               _run_ours(theta0, grads, lr=0.03), **tol)
+
+
+@pytest.mark.parametrize("lr,error,match", [
+    (torch.tensor([0.1, 0.2]), ValueError, "broadcast"),          # [2] against [3]
+    (torch.ones(2, 3, 1), ValueError, "broadcast"),               # would grow param
+    (torch.tensor([0.1, -0.1, 0.1]), ValueError, ">= 0"),
+    (torch.tensor([0.1, float("nan"), 0.1]), ValueError, ">= 0"),
+    (torch.tensor([1, 1, 1]), TypeError, "lr"),                   # integer rates
+])
+def test_adam_step_rejects_bad_tensor_rates(lr, error, match):
+    with pytest.raises(error, match=match):
+        adam_step(torch.ones(3), torch.ones(3), torch.zeros(3), torch.zeros(3), 1, lr=lr)
+
+
 # ---- param_groups -------------------------------------------------------------------------
 
 class Zoo(nn.Module):

@@ -37,7 +37,7 @@ EMBEDDING_LAYERS = (nn.Embedding, nn.EmbeddingBag)
 
 @torch.no_grad()
 def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-              step: int, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+              step: int, *, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
               weight_decay: float = 0.0, decoupled: bool = True) -> None:
     r"""One Adam step on one tensor, in place, with L2 or decoupled weight decay.
 
@@ -63,6 +63,10 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, ex
             zero), updated in place.
         step: the number of this step, counting from 1 (for the bias corrections).
         lr, betas, eps: :math:`\eta`, :math:`(\beta_1, \beta_2)`, :math:`\epsilon` as in ``torch.optim.Adam``.
+            ``lr`` may also be a tensor that broadcasts to ``param``: with ``M`` models' weights
+            stacked along dimension 0 (``param`` of shape ``[M, ...]``), ``lr`` of shape
+            ``[M, 1, ..., 1]`` trains each model at its own rate in one call — each slice
+            follows ``torch.optim.Adam`` at its rate (``tests/test_optim.py``).
         weight_decay: :math:`\lambda \ge 0`.
         decoupled: ``True`` gives ``torch.optim.AdamW``, ``False`` gives
             ``torch.optim.Adam(weight_decay=λ)``; the tests check both, step by step.
@@ -72,7 +76,18 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, ex
         if t.shape != param.shape:
             raise ValueError(f"{name} must have the shape of param {tuple(param.shape)}, got {tuple(t.shape)}")
     step = check_int("step", step, 1)  # (steps count from 1)
-    check_range("lr", lr, 0.0)
+    if isinstance(lr, torch.Tensor):
+        check_tensor("lr", lr, floating=True)
+        try:
+            grows = torch.broadcast_shapes(lr.shape, param.shape) != param.shape
+        except RuntimeError:
+            grows = True
+        if grows:
+            raise ValueError(f"a tensor lr must broadcast to param's shape {tuple(param.shape)}, got {tuple(lr.shape)}")
+        if not bool(((lr >= 0) & lr.isfinite()).all()):
+            raise ValueError("lr must be finite and >= 0 everywhere")
+    else:
+        check_range("lr", lr, 0.0)
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     check_range("betas[0]", betas[0], 0.0, 1.0, high_open=True)
@@ -88,7 +103,10 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, ex
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     # θ ← θ − η m̂ / (√v̂ + ε), the bias corrections folded into the step size and the denominator
     denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-    param.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+    if isinstance(lr, torch.Tensor):               # one rate per slice: the same update, broadcast
+        param.sub_(exp_avg / denom * (lr / (1 - beta1**step)))
+    else:
+        param.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
 
 
 def param_groups(model: nn.Module, weight_decay: float, *,
