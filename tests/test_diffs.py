@@ -143,6 +143,15 @@ xy = torch.rand(20, 2) * 50
 pred_boxes = torch.cat([xy, xy + 10 + torch.rand(20, 2) * 20], dim=1).requires_grad_()
 gt_boxes = pred_boxes.detach() + torch.randn(20, 4)
 ''',
+    "pointrend": '''
+features, fine = torch.randn(2, 8, 16, 16), torch.rand(2, 9, 64, 64)
+mask_head = nn.Conv2d(8, 1, 1)
+point_mlp = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 1))
+def point_head(fine_at_points, coarse_at_points):  # [N, C, P], [N, 1, P] -> [N, 1, P]
+    return point_mlp(torch.cat([fine_at_points, coarse_at_points], 1).transpose(1, 2)).transpose(1, 2)
+coarse = mask_head(features)
+gt_masks = (torch.rand(2, 1, 64, 64) > 0.5).float()
+''',
     "soft_nms": '''
 xy = torch.rand(20, 2) * 50
 boxes = torch.cat([xy, xy + 10 + torch.rand(20, 2) * 20], dim=1)

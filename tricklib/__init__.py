@@ -15,7 +15,7 @@ from .debug import (assert_batch_independent, batch_leak, channel_dependency_mat
                     describe_batch, expected_initial_loss, first_nonfinite, gradcheck_module, init_final_bias,
                     input_independent_baseline, out_of_range, overfit_one_batch, show_batch, unnormalize)
 from .detection_eval import average_precision, detection_metrics
-from .data import SHAPE_CLASSES, Shapes, digits, make_imbalanced, render_shapes, shapes, split, toy_2d
+from .data import SHAPE_CLASSES, Shapes, digits, make_imbalanced, render_shapes, shapes, split, thin_shapes, toy_2d
 from .gradients import GradNormRecorder, dead_fraction, layer_grad_norms, linear_baseline, majority_baseline
 from .harness import Callback, EarlyStopping, History, Snapshots, TrainState, accuracy, batches, evaluate, fit, predict
 from .knobs import Knob, knob
@@ -31,7 +31,8 @@ from .regularize import (adversarial_batch_transform, cutmix, cutout, drop_block
                          r_drop_loss, smooth_labels, soft_threshold)
 from .runtime import by_scale, get_device, get_scale, progress, seed_everything, seeds
 from .scenes import crowded_detections, crowded_scene, simulate_detections
-from .segmentation import point_sample, uncertain_points
+from .segmentation import (boundary_iou, mask_boundary, mask_iou, point_sample, uncertain_grid_points,
+                           uncertain_points)
 from .search import grid_points, random_points, sobol_points
 from .scaling import Atan, Log, MinMax, Scaler, Standardize
 from .precision import amp_step, autocast_dtype, lost_update_fraction, overflow_fraction, underflow_fraction
@@ -45,7 +46,8 @@ __all__ = [
     "mlp", "residual_mlp", "postact_residual_mlp", "zero_init_residual",
     "ModelEMA", "SWA", "greedy_soup", "interpolate", "precise_bn", "uniform_soup",
     "GroupNorm", "Residual", "attention", "channel_shuffle", "dynamic_conv",
-    "ohem_loss", "topk_loss", "point_sample", "uncertain_points",
+    "ohem_loss", "topk_loss", "point_sample", "uncertain_points", "uncertain_grid_points", "mask_iou", "mask_boundary",
+    "boundary_iou", "thin_shapes",
     "cutmix", "cutout", "drop_block", "drop_connect", "drop_path", "mixup", "r_drop_loss", "soft_threshold", "l1_prox_step",
     "fgm", "fgsm", "pgd", "adversarial_batch_transform",
     "assert_batch_independent", "batch_leak", "channel_dependency_matrix", "dependency_matrix", "describe_batch",

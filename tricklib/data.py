@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._checks import check_choice, check_range, check_tensor
+from ._checks import check_choice, check_int, check_range, check_tensor
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
 TOY_SETS = ("moons", "spirals", "gaussians", "ring")
@@ -281,3 +281,65 @@ def split(X: torch.Tensor, y: torch.Tensor, fractions: Sequence[float] = (0.7, 0
     sizes = [int(f * len(y)) for f in fractions[:-1]]
     bounds = np.cumsum([0, *sizes, len(y) - sum(sizes)])
     return [(X[perm[a:b]], y[perm[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def thin_shapes(n: int, size: int = 64, *, seed: int | torch.Generator = 0, width: tuple[float, float] = (0.025, 0.06),
+                bars: tuple[int, int] = (1, 3), noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grey images of one object with thin parts: an ellipse with 1–3 thin bars (spokes) from its centre.
+
+    A segmentation task whose masks have parts thinner than a coarse mask's cell (the
+    PointRend chapter): at 64 × 64 pixels the default bars are 1.6–3.8 pixels wide. All
+    shape parameters are drawn in resolution-free units (fractions of the image side)
+    before any pixel, so the same ``seed`` gives the same scene at every ``size``: render
+    at a larger size for a high-resolution truth (``tests/test_segmentation.py`` checks it).
+
+    Args:
+        n: number of images, ``>= 0``.
+        size: side of each image in pixels, ``>= 1``.
+        seed: int or ``torch.Generator``.
+        width: range of the bars' widths, as fractions of the image side, ``0 < low <= high <= 0.5``.
+        bars: least and most bars per object, ``0 <= low <= high <= 3``.
+        noise: standard deviation of the Gaussian pixel noise, ``>= 0``.
+
+    Returns:
+        ``(images, masks)``: ``Tensor[n, 1, size, size]`` float in [0, 1] (object brighter
+        than the background, with a gentle illumination gradient, plus noise) and
+        ``Tensor[n, size, size]`` bool (pixel centres inside the object).
+    """
+    n, size = check_int("n", n, 0), check_int("size", size, 1)
+    if not (isinstance(width, (tuple, list)) and len(width) == 2 and 0 < width[0] <= width[1] <= 0.5):
+        raise ValueError(f"width must be (low, high) with 0 < low <= high <= 0.5, got {width!r}")
+    if not (isinstance(bars, (tuple, list)) and len(bars) == 2 and 0 <= bars[0] <= bars[1] <= 3):
+        raise ValueError(f"bars must be (low, high) with 0 <= low <= high <= 3, got {bars!r}")
+    check_range("noise", noise, 0.0)
+    g = _generator(seed)
+    centre = 0.35 + 0.3 * torch.rand(n, 2, generator=g)
+    radii = 0.1 + 0.1 * torch.rand(n, 2, generator=g)
+    tilt = math.pi * torch.rand(n, generator=g)
+    count = torch.randint(bars[0], bars[1] + 1, (n,), generator=g)
+    # bars spread around the circle: a random start, then roughly equal turns
+    turn = 2 * math.pi * torch.rand(n, 1, generator=g) + (2 * math.pi / 3) * torch.arange(3) \
+        + 0.6 * (torch.rand(n, 3, generator=g) - 0.5)
+    length = 0.28 + 0.14 * torch.rand(n, 3, generator=g)
+    bar_width = width[0] + (width[1] - width[0]) * torch.rand(n, 3, generator=g)
+    background = 0.1 + 0.25 * torch.rand(n, generator=g)
+    contrast = 0.35 + 0.25 * torch.rand(n, generator=g)
+    gradient = 0.15 * (torch.rand(n, 2, generator=g) - 0.5)
+    # rasterise at pixel centres
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    dx, dy = xx - centre[:, 0, None, None], yy - centre[:, 1, None, None]
+    cos, sin = tilt.cos()[:, None, None], tilt.sin()[:, None, None]
+    u, v = dx * cos + dy * sin, dy * cos - dx * sin
+    masks = (u / radii[:, 0, None, None]) ** 2 + (v / radii[:, 1, None, None]) ** 2 <= 1
+    r2 = dx * dx + dy * dy
+    for k in range(3):
+        # squared distance to the segment from the centre to length * (cos turn, sin turn)
+        proj = dx * turn[:, k].cos()[:, None, None] + dy * turn[:, k].sin()[:, None, None]
+        along = proj.clamp(min=0).minimum(length[:, k, None, None])
+        dist2 = r2 + along * (along - 2 * proj)
+        masks |= (dist2 <= (bar_width[:, k, None, None] / 2) ** 2) & (k < count)[:, None, None]
+    light = background[:, None, None] + gradient[:, 0, None, None] * (xx - 0.5) + gradient[:, 1, None, None] * (yy - 0.5)
+    images = light + contrast[:, None, None] * masks
+    images = (images[:, None] + noise * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
+    return images, masks
