@@ -170,13 +170,19 @@ def mask_boundary(mask: torch.Tensor, dilation: int) -> torch.Tensor:
     """
     mask = _as_masks("mask", mask)
     dilation = check_int("dilation", dilation, 1)
-    shape = mask.shape
-    flat = mask.reshape(-1, 1, *shape[-2:])
-    if flat.shape[0] == 0:
-        return mask.clone()
-    outside = F.pad((~flat).float(), (dilation,) * 4, value=1.0)
-    eroded = F.max_pool2d(outside, 2 * dilation + 1, stride=1) == 0
-    return (flat & ~eroded).reshape(shape)
+    *lead, h, w = mask.shape
+    d = dilation
+    padded = mask.new_zeros(*lead, h + 2 * d, w + 2 * d)   # outside the image: background
+    padded[..., d:d + h, d:d + w] = mask
+    # the square erosion is separable: a pixel survives if its 2d + 1 neighbours along the
+    # row survive, then along the column (2 (2d + 1) bool ANDs instead of (2d + 1)^2)
+    rows = padded[..., :, 0:w].clone()
+    for b in range(1, 2 * d + 1):
+        rows &= padded[..., :, b:b + w]
+    eroded = rows[..., 0:h, :].clone()
+    for a in range(1, 2 * d + 1):
+        eroded &= rows[..., a:a + h, :]
+    return mask & ~eroded
 
 
 def boundary_iou(pred: torch.Tensor, target: torch.Tensor, dilation: int = 2) -> torch.Tensor:
