@@ -302,9 +302,10 @@ def thin_shapes(n: int, size: int = 64, *, seed: int | torch.Generator = 0, widt
         noise: standard deviation of the Gaussian pixel noise, ``>= 0``.
 
     Returns:
-        ``(images, masks)``: ``Tensor[n, 1, size, size]`` float in [0, 1] (object brighter
-        than the background, with a gentle illumination gradient, plus noise) and
-        ``Tensor[n, size, size]`` bool (pixel centres inside the object).
+        The pair ``(images, masks)``, ``images`` a ``Tensor[n, 1, size, size]`` float in
+        [0, 1] (object brighter than the background, with a gentle illumination gradient,
+        plus noise) and ``masks`` a ``Tensor[n, size, size]`` bool (pixel centres inside
+        the object).
     """
     n, size = check_int("n", n, 0), check_int("size", size, 1)
     if not (isinstance(width, (tuple, list)) and len(width) == 2 and 0 < width[0] <= width[1] <= 0.5):

@@ -66,7 +66,7 @@ def uncertain_points(coarse_logits: torch.Tensor, num_points: int, oversample_ra
         generator: a ``torch.Generator`` for reproducible draws (on the logits' device).
 
     Returns:
-        ``Tensor[N_images, num_points, 2]``, ``(x, y)`` in ``[0, 1]``, for :func:`point_sample`;
+        ``Tensor[N, num_points, 2]``, ``(x, y)`` in ``[0, 1]``, for :func:`point_sample`;
         the uncertain points first.
     """
     check_tensor("coarse_logits", coarse_logits, ndim=4, floating=True)
@@ -104,8 +104,9 @@ def uncertain_grid_points(logits: torch.Tensor, num_points: int) -> tuple[torch.
         num_points: points per image, clipped to ``H · W``.
 
     Returns:
-        ``(index, points)``: ``Tensor[N, P]`` int64 flat indices into ``H · W`` and
-        ``Tensor[N, P, 2]`` ``(x, y)`` in ``[0, 1]``, most uncertain first.
+        The pair ``(index, points)``, most uncertain first, ``index`` a ``Tensor[N, P]``
+        of int64 flat indices into ``H · W`` and ``points`` a ``Tensor[N, P, 2]`` of
+        ``(x, y)`` in ``[0, 1]``.
     """
     check_tensor("logits", logits, ndim=4, floating=True)
     if logits.shape[1] != 1:
